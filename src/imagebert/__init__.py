@@ -1,0 +1,27 @@
+"""ImageBERT: cross-modal pre-training with large-scale weak-supervised image-text data.
+
+The model classes are imported lazily so that light tools (data import, LAIT workers) do not pay for torch and
+transformers at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ImageBertConfig": "imagebert.modeling.configuration",
+    "ImageBertModel": "imagebert.modeling.model",
+    "ImageBertForPreTraining": "imagebert.modeling.model",
+    "ImageBertForRetrieval": "imagebert.modeling.model",
+}
+
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'imagebert' has no attribute {name!r}")
