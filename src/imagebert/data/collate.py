@@ -1,0 +1,128 @@
+"""Batching: captions to padded token ids, region records to padded tensors, both with masks.
+
+Batches are padded to their longest item (not to the global maximum), so short captions and images with few
+boxes cost nothing. Bad records raise InputError naming the image; nothing is silently truncated except text
+beyond `max_text_tokens` (the paper's truncation, documented in docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from imagebert.data.types import RegionRecord
+from imagebert.errors import InputError
+from imagebert.modeling.inputs import region_locations
+
+
+class PairCollator:
+    """Builds model inputs from `(RegionRecord, caption text)` pairs (or one modality at a time)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_text_tokens: int = 43,
+        max_regions: int = 100,
+        feature_dim: int = 2048,
+        truncate_regions: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.max_text_tokens = max_text_tokens
+        self.max_regions = max_regions
+        self.feature_dim = feature_dim
+        self.truncate_regions = truncate_regions
+
+    def encode_text(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_text_tokens,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        mask = enc["attention_mask"]
+        return {"input_ids": enc["input_ids"], "attention_mask": mask, "text_lengths": mask.sum(1)}
+
+    def encode_regions(self, records: Sequence[RegionRecord]) -> dict[str, Any]:
+        counts = []
+        for rec in records:
+            n = rec.num_boxes
+            if rec.features.ndim != 2 or rec.features.shape[1] != self.feature_dim:
+                raise InputError(
+                    f"feature width {rec.features.shape[-1] if rec.features.ndim else '?'} does not match the "
+                    f"model's visual_feature_dim {self.feature_dim}",
+                    record=rec.image_id,
+                    field="features",
+                )
+            if rec.boxes.shape != (n, 4):
+                raise InputError(
+                    f"{n} features but boxes of shape {tuple(rec.boxes.shape)}",
+                    record=rec.image_id,
+                    field="boxes",
+                )
+            if n > self.max_regions:
+                if not self.truncate_regions:
+                    raise InputError(
+                        f"{n} regions, more than max_regions={self.max_regions} (select boxes at import, or set "
+                        "truncate_regions)",
+                        record=rec.image_id,
+                        field="features",
+                    )
+                n = self.max_regions
+            if n == 0:
+                raise InputError("image has no regions", record=rec.image_id, field="num_boxes")
+            counts.append(n)
+        batch, longest = len(records), max(counts)
+        feats = np.zeros((batch, longest, self.feature_dim), dtype=np.float32)
+        boxes = np.zeros((batch, longest, 4), dtype=np.float32)
+        sizes = np.ones((batch, 2), dtype=np.float32)
+        classes = np.full((batch, longest), -1, dtype=np.int64)
+        mask = np.zeros((batch, longest), dtype=np.int64)
+        for i, (rec, n) in enumerate(zip(records, counts)):
+            f = np.asarray(rec.features[:n], dtype=np.float32)
+            if not np.isfinite(f).all():
+                row = int(np.nonzero(~np.isfinite(f).all(1))[0][0])
+                raise InputError(
+                    f"NaN/inf in the features of region {row}", record=rec.image_id, field="features"
+                )
+            feats[i, :n] = f
+            boxes[i, :n] = rec.boxes[:n]
+            sizes[i] = (rec.image_width, rec.image_height)
+            if rec.class_ids is not None:
+                classes[i, :n] = rec.class_ids[:n]
+            mask[i, :n] = 1
+        # Padded boxes are (0,0,0,0): valid, and hidden by the mask.
+        locations = torch.zeros((batch, longest, 5), dtype=torch.float32)
+        for i, rec in enumerate(records):
+            n = counts[i]
+            locations[i, :n] = region_locations(
+                boxes[i, :n], sizes[i, 0], sizes[i, 1], source=f"image {rec.image_id}"
+            )
+        return {
+            "region_features": torch.from_numpy(feats),
+            "region_locations": locations,
+            "region_mask": torch.from_numpy(mask),
+            "region_class_ids": torch.from_numpy(classes),
+            "region_boxes": torch.from_numpy(boxes),
+            "region_counts": torch.tensor(counts),
+            "image_ids": [rec.image_id for rec in records],
+        }
+
+    def __call__(self, pairs: Sequence[tuple[RegionRecord, str]]) -> dict[str, Any]:
+        records = [p[0] for p in pairs]
+        texts = [p[1] for p in pairs]
+        return {**self.encode_regions(records), **self.encode_text(texts)}
+
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "region_features", "region_locations", "region_mask")
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """The subset of a collated batch that `ImageBertModel.forward` takes, moved to `device`."""
+    return {
+        k: batch[k].to(device) if device is not None else batch[k] for k in MODEL_INPUT_KEYS if k in batch
+    }

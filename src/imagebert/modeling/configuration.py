@@ -1,0 +1,114 @@
+"""ImageBertConfig: every BERT field plus the region-side sizes and the choices the paper leaves open.
+
+Fields the paper does not state are marked UNCONFIRMED below; their defaults are the spec's best guess and each
+is documented in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import BertConfig
+
+# Keys a BERT checkpoint's config.json may carry that are bookkeeping rather than model settings.
+_BOOKKEEPING_KEYS = {
+    "architectures",
+    "transformers_version",
+    "_name_or_path",
+    "model_type",
+    "torch_dtype",
+    "gradient_checkpointing",
+    "position_embedding_type",
+    "num_labels",
+    "_attn_implementation_autoset",
+}
+
+
+@strict
+class ImageBertConfig(BertConfig):
+    """Configuration of an ImageBERT model.
+
+    The text sequence handed to the model is a standard tokenizer output `[CLS] w_1..w_m [SEP]` of at most
+    `max_text_tokens` ids; the model inserts `r_1..r_R [SEP]` after `[CLS]`, so the longest joint sequence is
+    `max_regions + max_text_tokens + 1` (100 + 43 + 1 = 144 as in the paper).
+    """
+
+    model_type = "imagebert"
+
+    visual_feature_dim: int = 2048
+    location_dim: int = 5
+    num_object_classes: int = 1600
+    max_regions: int = 100
+    max_text_tokens: int = 43
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    # UNCONFIRMED: whether the two region projections carry a bias.
+    visual_projection_bias: bool = True
+    # UNCONFIRMED: ITM reads BERT's pooler (dense + tanh on [CLS]) like NSP, rather than the raw [CLS] vector.
+    itm_use_pooler: bool = True
+    # UNCONFIRMED: MRFR squared error averaged over feature dimensions ("mean") or summed ("sum").
+    mrfr_reduction: str = "mean"
+    # Which pre-training tasks contribute to the loss, and with what weight (paper: plain sum of the four).
+    task_mlm: bool = True
+    task_moc: bool = True
+    task_mrfr: bool = True
+    task_itm: bool = True
+    # Beyond the paper: image-text contrastive task over single-modality passes (fast retrieval's first stage).
+    task_itc: bool = False
+    loss_weight_mlm: float = 1.0
+    loss_weight_moc: float = 1.0
+    loss_weight_mrfr: float = 1.0
+    loss_weight_itm: float = 1.0
+    loss_weight_itc: float = 1.0
+    itc_dim: int = 256
+    itc_temperature: float = 0.07
+    # Check inputs for NaN/inf and out-of-range shapes in forward (one host sync per call).
+    validate_inputs: bool = True
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        unknown = sorted(k for k in kwargs if k not in _BOOKKEEPING_KEYS)
+        if unknown:
+            raise ValueError(
+                f"ImageBertConfig: unknown config key(s) {', '.join(repr(k) for k in unknown)}; "
+                "see imagebert.ImageBertConfig for the valid fields"
+            )
+        pet = kwargs.get("position_embedding_type", "absolute")
+        if pet not in (None, "absolute"):
+            raise ValueError(
+                f"ImageBertConfig: position_embedding_type={pet!r} is not supported (only 'absolute')"
+            )
+        if self.mrfr_reduction not in ("mean", "sum"):
+            raise ValueError(
+                f"ImageBertConfig: mrfr_reduction must be 'mean' or 'sum', got {self.mrfr_reduction!r}"
+            )
+        if self.location_dim != 5:
+            raise ValueError(
+                "ImageBertConfig: location_dim must be 5 (x1/W, y1/H, x2/W, y2/H, area fraction)"
+            )
+        if self.max_text_tokens + 2 > self.max_position_embeddings:
+            raise ValueError(
+                f"ImageBertConfig: max_text_tokens={self.max_text_tokens} needs max_position_embeddings >= "
+                f"{self.max_text_tokens + 2} (text positions start at 3)"
+            )
+        kwargs = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in _BOOKKEEPING_KEYS or k in ("torch_dtype", "num_labels")
+        }
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_bert_checkpoint(cls, path: str | Any, **overrides: Any) -> ImageBertConfig:
+        """Take the BERT fields from a checkpoint folder's config.json; `overrides` set ours (or replace theirs)."""
+        import json
+        from pathlib import Path
+
+        config_path = Path(path) / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path}: no config.json in the BERT checkpoint folder")
+        bert = json.loads(config_path.read_text(encoding="utf-8"))
+        bert_fields = set(BertConfig.__dataclass_fields__) - {"model_type"}
+        kept = {k: v for k, v in bert.items() if k in bert_fields}
+        kept.update(overrides)
+        return cls(**kept)

@@ -1,0 +1,474 @@
+"""ImageBERT: one BERT encoder over `[CLS] regions [SEP] words [SEP]`, with the paper's four pre-training heads.
+
+The encoder, embeddings and pooler are transformers' own BERT modules (SDPA attention); ImageBERT adds the region
+projections, the sequence assembly, and the heads. Parameter names under `imagebert.` mirror `BertModel`, which
+is what lets `init_from_bert` copy any BERT checkpoint in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertPooler
+from transformers.utils import ModelOutput
+
+from imagebert.modeling.configuration import ImageBertConfig
+from imagebert.modeling.heads import MaskedLanguageModelHead, RegionHeads, contrastive_loss
+
+REGION_POSITION_ID = 1  # every region shares this "dummy" sequence position (paper Fig. 4)
+IMAGE_SEP_POSITION_ID = 2
+TEXT_POSITION_OFFSET = 2  # text token j (j >= 1 in the tokenizer output) sits at position j + 2
+SEGMENT_IMAGE = 0
+SEGMENT_TEXT = 1
+
+
+@dataclass
+class ImageBertModelOutput(ModelOutput):
+    """Encoder output. `text_hidden_states` is aligned with `input_ids` (index 0 is the `[CLS]` output);
+    `region_hidden_states` with `region_features`."""
+
+    last_hidden_state: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    cls_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    text_hidden_states: torch.Tensor | None = None
+    region_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class ImageBertForPreTrainingOutput(ModelOutput):
+    """Total and per-task losses (None for a task that is off or got no labels) and the ITM logits."""
+
+    loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
+    moc_loss: torch.Tensor | None = None
+    mrfr_loss: torch.Tensor | None = None
+    itm_loss: torch.Tensor | None = None
+    itc_loss: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+
+
+@dataclass
+class ImageBertRetrievalOutput(ModelOutput):
+    """`scores` are logits: sigmoid(score) is the match probability; higher ranks first."""
+
+    scores: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+
+
+class ImageBertPreTrainedModel(PreTrainedModel):
+    config_class = ImageBertConfig
+    config: ImageBertConfig
+    base_model_prefix = "imagebert"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["BertEmbeddings", "BertLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation (N(0, initializer_range), zero biases, unit LayerNorm) for every new layer."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, MaskedLanguageModelHead):
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, BertEmbeddings):
+            with torch.no_grad():
+                module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+                module.token_type_ids.zero_()
+        if isinstance(module, _ContrastiveMixin) and hasattr(module, "itc_logit_scale"):
+            with torch.no_grad():
+                module.itc_logit_scale.fill_(
+                    float(torch.log(torch.tensor(1.0 / self.config.itc_temperature)))
+                )
+
+    @classmethod
+    def init_from_bert(cls, path: str | Path | None = None, **config_overrides: Any):
+        """A new model whose embeddings, encoder and pooler (and MLM transform, when the checkpoint has one) come
+        from a Hugging Face BERT folder; every other layer is initialised as BERT initialises its own."""
+        from imagebert.modeling.inputs import default_bert_path
+
+        folder = Path(path) if path is not None else default_bert_path()
+        config = ImageBertConfig.from_bert_checkpoint(folder, **config_overrides)
+        model = cls(config)
+        state = _read_bert_state_dict(folder)
+        prefix = "" if isinstance(model, ImageBertModel) else "imagebert."
+        mapped: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+                "LayerNorm.beta", "LayerNorm.bias"
+            )
+            core = key[len("bert.") :] if key.startswith("bert.") else key
+            if core.startswith(("embeddings.", "encoder.", "pooler.")):
+                if (
+                    core.endswith(("position_ids", "token_type_ids"))
+                    and "embeddings" in core
+                    and value.dim() == 2
+                ):
+                    continue  # buffers, rebuilt by the model
+                mapped[prefix + core] = value
+            elif key.startswith("cls.predictions.") and hasattr(model, "mlm_head"):
+                rest = key[len("cls.predictions.") :]
+                if rest.startswith("transform."):
+                    mapped["mlm_head." + rest[len("transform.") :]] = value
+                elif rest == "bias":
+                    mapped["mlm_head.bias"] = value
+        own = model.state_dict()
+        for key, value in mapped.items():
+            if key not in own:
+                raise ValueError(f"{folder}: checkpoint tensor '{key}' has no place in {cls.__name__}")
+            if own[key].shape != value.shape:
+                raise ValueError(
+                    f"{folder}: shape mismatch for '{key}': checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+                )
+        required = [
+            k for k in own if k.startswith(prefix + "embeddings.") or k.startswith(prefix + "encoder.")
+        ]
+        missing = [k for k in required if k not in mapped]
+        if missing:
+            raise ValueError(f"{folder}: not a complete BERT checkpoint; missing {missing[:5]}")
+        model.load_state_dict(mapped, strict=False)
+        return model
+
+
+def _read_bert_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Weights from safetensors, or from a .bin with `weights_only=True` (never unpickling arbitrary objects)."""
+    st = folder / "model.safetensors"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    binary = folder / "pytorch_model.bin"
+    if binary.is_file():
+        return torch.load(binary, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+class ImageBertModel(ImageBertPreTrainedModel):
+    """The single-stream encoder. Either modality may be omitted for a text-only or image-only pass."""
+
+    def __init__(self, config: ImageBertConfig) -> None:
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        bias = config.visual_projection_bias
+        self.region_feature_proj = nn.Linear(config.visual_feature_dim, config.hidden_size, bias=bias)
+        self.region_location_proj = nn.Linear(config.location_dim, config.hidden_size, bias=bias)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        region_features: torch.Tensor | None,
+        region_locations: torch.Tensor | None,
+    ) -> None:
+        cfg = self.config
+        if input_ids is None and region_features is None:
+            raise ValueError("ImageBertModel: give input_ids, region_features, or both")
+        if input_ids is not None and input_ids.shape[1] > cfg.max_text_tokens:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens, more than max_text_tokens={cfg.max_text_tokens}"
+            )
+        if region_features is None:
+            return
+        if region_features.dim() != 3 or region_features.shape[-1] != cfg.visual_feature_dim:
+            raise ValueError(
+                f"region_features must be (batch, regions, {cfg.visual_feature_dim}); got {tuple(region_features.shape)} "
+                f"(feature width {region_features.shape[-1]} != visual_feature_dim {cfg.visual_feature_dim})"
+            )
+        if region_features.shape[1] > cfg.max_regions:
+            raise ValueError(
+                f"{region_features.shape[1]} regions per image, more than max_regions={cfg.max_regions}"
+            )
+        if region_locations is None or region_locations.shape != (
+            *region_features.shape[:2],
+            cfg.location_dim,
+        ):
+            raise ValueError(
+                f"region_locations must be (batch, regions, {cfg.location_dim}) to match region_features; "
+                f"got {None if region_locations is None else tuple(region_locations.shape)}"
+            )
+        if cfg.validate_inputs:
+            if not bool(torch.isfinite(region_features).all()):
+                bad = (~torch.isfinite(region_features)).any(-1).nonzero()[0].tolist()
+                raise ValueError(
+                    f"region_features has NaN/inf values (first at batch item {bad[0]}, region {bad[1]})"
+                )
+            if not bool(torch.isfinite(region_locations).all()):
+                raise ValueError("region_locations has NaN/inf values")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        region_features: torch.Tensor | None = None,
+        region_locations: torch.Tensor | None = None,
+        region_mask: torch.Tensor | None = None,
+    ) -> ImageBertModelOutput:
+        self._check_inputs(input_ids, region_features, region_locations)
+        cfg = self.config
+        word = self.embeddings.word_embeddings
+        ref = input_ids if input_ids is not None else region_features
+        batch, device = ref.shape[0], ref.device
+        embeds: list[torch.Tensor] = []
+        positions: list[torch.Tensor] = []
+        segments: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+
+        def add(e: torch.Tensor, pos: torch.Tensor, seg: int, mask: torch.Tensor) -> None:
+            n = e.shape[1]
+            embeds.append(e)
+            positions.append(pos.expand(batch, n))
+            segments.append(torch.full((batch, n), seg, dtype=torch.long, device=device))
+            masks.append(mask.to(torch.long))
+
+        one = torch.ones(batch, 1, dtype=torch.long, device=device)
+        if input_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            cls_embed = word(input_ids[:, :1])
+            cls_mask = attention_mask[:, :1]
+        else:
+            cls_embed = word(torch.full((batch, 1), cfg.cls_token_id, dtype=torch.long, device=device))
+            cls_mask = one
+        add(cls_embed, torch.zeros(1, 1, dtype=torch.long, device=device), SEGMENT_IMAGE, cls_mask)
+
+        num_regions = 0
+        if region_features is not None:
+            num_regions = region_features.shape[1]
+            if region_mask is None:
+                region_mask = torch.ones(region_features.shape[:2], dtype=torch.long, device=device)
+            proj_dtype = self.region_feature_proj.weight.dtype
+            region_embed = self.region_feature_proj(
+                region_features.to(proj_dtype)
+            ) + self.region_location_proj(region_locations.to(proj_dtype))
+            add(
+                region_embed,
+                torch.full((1, 1), REGION_POSITION_ID, device=device),
+                SEGMENT_IMAGE,
+                region_mask,
+            )
+            sep = word(torch.full((batch, 1), cfg.sep_token_id, dtype=torch.long, device=device))
+            add(sep, torch.full((1, 1), IMAGE_SEP_POSITION_ID, device=device), SEGMENT_IMAGE, one)
+        if input_ids is not None and input_ids.shape[1] > 1:
+            text_len = input_ids.shape[1] - 1
+            text_pos = torch.arange(1, text_len + 1, device=device).unsqueeze(0) + TEXT_POSITION_OFFSET
+            add(word(input_ids[:, 1:]), text_pos, SEGMENT_TEXT, attention_mask[:, 1:])
+
+        inputs_embeds = torch.cat([e.to(embeds[0].dtype) for e in embeds], dim=1)
+        position_ids = torch.cat(positions, dim=1)
+        token_type_ids = torch.cat(segments, dim=1)
+        full_mask = torch.cat(masks, dim=1)
+        hidden = self.embeddings(
+            inputs_embeds=inputs_embeds, position_ids=position_ids, token_type_ids=token_type_ids
+        )
+        mask4d = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=full_mask)
+        hidden = self.encoder(hidden, attention_mask=mask4d).last_hidden_state
+
+        region_hidden = text_hidden = None
+        if region_features is not None:
+            region_hidden = hidden[:, 1 : 1 + num_regions]
+            if input_ids is not None:
+                text_hidden = torch.cat([hidden[:, :1], hidden[:, num_regions + 2 :]], dim=1)
+        elif input_ids is not None:
+            text_hidden = hidden
+        return ImageBertModelOutput(
+            last_hidden_state=hidden,
+            attention_mask=full_mask,
+            cls_hidden_state=hidden[:, 0],
+            pooler_output=self.pooler(hidden),
+            text_hidden_states=text_hidden,
+            region_hidden_states=region_hidden,
+        )
+
+
+class _ContrastiveMixin:
+    """Single-modality embeddings from the same encoder, for the image-text contrastive task and fast retrieval."""
+
+    imagebert: ImageBertModel
+    itc_text_proj: nn.Linear
+    itc_image_proj: nn.Linear
+    itc_logit_scale: nn.Parameter
+
+    def _init_contrastive(self, config: ImageBertConfig) -> None:
+        self.itc_text_proj = nn.Linear(config.hidden_size, config.itc_dim)
+        self.itc_image_proj = nn.Linear(config.hidden_size, config.itc_dim)
+        self.itc_logit_scale = nn.Parameter(
+            torch.tensor(float(torch.log(torch.tensor(1.0 / config.itc_temperature))))
+        )
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, itc_dim) L2-normalised embedding of a text-only pass (`[CLS] words [SEP]`)."""
+        cls = self.imagebert(input_ids=input_ids, attention_mask=attention_mask).cls_hidden_state
+        return F.normalize(self.itc_text_proj(cls).float(), dim=-1)
+
+    def encode_image(
+        self,
+        region_features: torch.Tensor,
+        region_locations: torch.Tensor,
+        region_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, itc_dim) L2-normalised embedding of an image-only pass (`[CLS] regions [SEP]`)."""
+        out = self.imagebert(
+            region_features=region_features, region_locations=region_locations, region_mask=region_mask
+        )
+        return F.normalize(self.itc_image_proj(out.cls_hidden_state).float(), dim=-1)
+
+
+def _itm_input(config: ImageBertConfig, out: ImageBertModelOutput) -> torch.Tensor:
+    return out.pooler_output if config.itm_use_pooler else out.cls_hidden_state
+
+
+class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
+    """ImageBERT with the MLM, MOC, MRFR and ITM heads (and the optional contrastive projections).
+
+    MLM, MOC and MRFR are computed only at masked positions of matched pairs (`itm_labels == 1`), the paper's
+    "conditional mask"; ITM on every pair.
+    """
+
+    def __init__(self, config: ImageBertConfig) -> None:
+        super().__init__(config)
+        self.imagebert = ImageBertModel(config)
+        self.mlm_head = MaskedLanguageModelHead(config, self.imagebert.embeddings.word_embeddings)
+        self.region_heads = RegionHeads(config)
+        self.itm_head = nn.Linear(config.hidden_size, 1)
+        self._init_contrastive(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        region_features: torch.Tensor | None = None,
+        region_locations: torch.Tensor | None = None,
+        region_mask: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        region_masked: torch.Tensor | None = None,
+        moc_labels: torch.Tensor | None = None,
+        mrfr_targets: torch.Tensor | None = None,
+        itm_labels: torch.Tensor | None = None,
+        itc_input_ids: torch.Tensor | None = None,
+        itc_attention_mask: torch.Tensor | None = None,
+    ) -> ImageBertForPreTrainingOutput:
+        cfg = self.config
+        out = self.imagebert(input_ids, attention_mask, region_features, region_locations, region_mask)
+        batch = out.last_hidden_state.shape[0]
+        device = out.last_hidden_state.device
+        matched = (
+            itm_labels.to(device) == 1
+            if itm_labels is not None
+            else torch.ones(batch, dtype=torch.bool, device=device)
+        )
+        losses: dict[str, torch.Tensor] = {}
+
+        if cfg.task_mlm and mlm_labels is not None and out.text_hidden_states is not None:
+            where = (mlm_labels != -100) & matched[:, None]
+            logits = self.mlm_head(out.text_hidden_states[where]).float()
+            losses["mlm"] = F.cross_entropy(logits, mlm_labels[where], reduction="sum") / where.sum().clamp(
+                min=1
+            )
+
+        if region_masked is not None and out.region_hidden_states is not None:
+            masked = region_masked.bool() & matched[:, None]
+            if region_mask is not None:
+                masked = masked & region_mask.bool()
+            if cfg.task_moc and moc_labels is not None:
+                where = masked & (moc_labels >= 0)
+                logits = self.region_heads.moc(out.region_hidden_states[where]).float()
+                losses["moc"] = F.cross_entropy(
+                    logits, moc_labels[where], reduction="sum"
+                ) / where.sum().clamp(min=1)
+            if cfg.task_mrfr and mrfr_targets is not None:
+                pred = self.region_heads.mrfr(out.region_hidden_states[masked]).float()
+                sq = (pred - mrfr_targets[masked].float()).pow(2)
+                per_region = sq.mean(-1) if cfg.mrfr_reduction == "mean" else sq.sum(-1)
+                losses["mrfr"] = per_region.sum() / masked.sum().clamp(min=1)
+
+        itm_logits = self.itm_head(_itm_input(cfg, out)).squeeze(-1).float()
+        if cfg.task_itm and itm_labels is not None:
+            losses["itm"] = F.binary_cross_entropy_with_logits(itm_logits, itm_labels.float())
+
+        if cfg.task_itc and region_features is not None and input_ids is not None:
+            ids = itc_input_ids if itc_input_ids is not None else input_ids
+            ids_mask = itc_attention_mask if itc_input_ids is not None else attention_mask
+            feats = mrfr_targets if mrfr_targets is not None else region_features
+            rows = matched.nonzero().squeeze(-1)
+            text = self.encode_text(ids[rows], None if ids_mask is None else ids_mask[rows])
+            image = self.encode_image(
+                feats[rows].to(region_features.dtype),
+                region_locations[rows],
+                None if region_mask is None else region_mask[rows],
+            )
+            losses["itc"] = contrastive_loss(text, image, self.itc_logit_scale)
+
+        weights = {
+            "mlm": cfg.loss_weight_mlm,
+            "moc": cfg.loss_weight_moc,
+            "mrfr": cfg.loss_weight_mrfr,
+            "itm": cfg.loss_weight_itm,
+            "itc": cfg.loss_weight_itc,
+        }
+        total = sum(weights[k] * v for k, v in losses.items()) if losses else None
+        return ImageBertForPreTrainingOutput(
+            loss=total,
+            mlm_loss=losses.get("mlm"),
+            moc_loss=losses.get("moc"),
+            mrfr_loss=losses.get("mrfr"),
+            itm_loss=losses.get("itm"),
+            itc_loss=losses.get("itc"),
+            itm_logits=itm_logits,
+        )
+
+
+class ImageBertForRetrieval(_ContrastiveMixin, ImageBertPreTrainedModel):
+    """A pair scorer: the ITM head on `[CLS]` (loaded from a pre-training checkpoint gives zero-shot retrieval),
+    plus the contrastive projections for the fast first stage."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^region_heads\."]
+
+    def __init__(self, config: ImageBertConfig) -> None:
+        super().__init__(config)
+        self.imagebert = ImageBertModel(config)
+        self.itm_head = nn.Linear(config.hidden_size, 1)
+        self._init_contrastive(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        region_features: torch.Tensor | None = None,
+        region_locations: torch.Tensor | None = None,
+        region_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ImageBertRetrievalOutput:
+        out = self.imagebert(input_ids, attention_mask, region_features, region_locations, region_mask)
+        scores = self.itm_head(_itm_input(self.config, out)).squeeze(-1).float()
+        loss = F.binary_cross_entropy_with_logits(scores, labels.float()) if labels is not None else None
+        return ImageBertRetrievalOutput(scores=scores, loss=loss)
