@@ -7,6 +7,7 @@ is what lets `init_from_bert` copy any BERT checkpoint in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,7 @@ class ImageBertPreTrainedModel(PreTrainedModel):
                 module.token_type_ids.zero_()
         if isinstance(module, _ContrastiveMixin) and hasattr(module, "itc_logit_scale"):
             with torch.no_grad():
-                module.itc_logit_scale.fill_(
-                    float(torch.log(torch.tensor(1.0 / self.config.itc_temperature)))
-                )
+                module.itc_logit_scale.fill_(math.log(1.0 / self.config.itc_temperature))
 
     @classmethod
     def init_from_bert(cls, path: str | Path | None = None, **config_overrides: Any):
@@ -317,9 +316,7 @@ class _ContrastiveMixin:
     def _init_contrastive(self, config: ImageBertConfig) -> None:
         self.itc_text_proj = nn.Linear(config.hidden_size, config.itc_dim)
         self.itc_image_proj = nn.Linear(config.hidden_size, config.itc_dim)
-        self.itc_logit_scale = nn.Parameter(
-            torch.tensor(float(torch.log(torch.tensor(1.0 / config.itc_temperature))))
-        )
+        self.itc_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.itc_temperature)))
 
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
