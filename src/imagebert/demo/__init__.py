@@ -1,0 +1,1 @@
+"""The built-in demo: a rendered-scene corpus and the end-to-end pipeline behind `make demo`."""
