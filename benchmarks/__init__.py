@@ -1,0 +1,1 @@
+"""Benchmarks: speed and memory measured against a peer in the same run. Results go to BENCHMARKS.md."""
