@@ -1,0 +1,571 @@
+"""The generic training loop: optimisation, precision, DDP, checkpoints, logging and NaN stops.
+
+What is trained is left to a `TrainTask` (batch builder + loss), so pre-training and retrieval fine-tuning share
+this loop. Reproducibility rests on three rules:
+  * every batch is built by `task.build_batch(items, generator)` with a generator seeded from
+    (seed, epoch, global batch index), so masks and negatives never depend on what ran before;
+  * the data order is a pure function of (seed, epoch, world size) (`ShardedBatchSampler`);
+  * the only other randomness (dropout) uses the global RNGs, which checkpoints save and restore per rank.
+So a run resumed from step k reproduces an uninterrupted run's losses step for step (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from imagebert.training import checkpoint as ckpt
+from imagebert.training.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier
+from imagebert.training.optim import build_optimizer, build_scheduler
+from imagebert.training.sampler import ShardedBatchSampler
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation and bookkeeping settings. Defaults for what the paper leaves open are documented in
+    docs/training.md (warm-up 10%, weight decay 0.01, BERT's Adam settings, clipping at 1.0)."""
+
+    batch_size: int = (
+        48  # per process (per GPU); the global batch is batch_size * world_size * grad_accum_steps
+    )
+    learning_rate: float = 1e-4
+    epochs: int | None = None  # exactly one of epochs / steps
+    steps: int | None = None  # optimizer steps
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-6
+    warmup_ratio: float = 0.1
+    warmup_steps: int | None = None  # overrides warmup_ratio when set
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"
+    num_workers: int = 0  # DataLoader worker processes building batches
+    bucket_by_length: bool = False
+    bucket_multiplier: int = 50
+    checkpoint_every: int = 1000  # optimizer steps; 0 = only at the end
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 42
+    tensorboard: bool = True
+    progress_bar: bool = True
+    ddp_find_unused_parameters: bool = True
+    deterministic: bool = False  # torch.use_deterministic_algorithms (GPU kernels); CPU is deterministic
+    num_threads: int | None = None  # torch intra-op threads; None = torch's default
+
+    def validate(self, prefix: str = "training") -> None:
+        from imagebert.config_utils import ConfigError
+
+        if (self.epochs is None) == (self.steps is None):
+            raise ConfigError(f"{prefix}: set exactly one of '{prefix}.epochs' and '{prefix}.steps'")
+        for key in ("batch_size", "grad_accum_steps", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{prefix}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"{prefix}.epochs must be >= 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"{prefix}.steps must be >= 1, got {self.steps}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"{prefix}.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"{prefix}.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
+        if len(self.adam_betas) != 2:
+            raise ConfigError(f"{prefix}.adam_betas must have two values")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"{prefix}.precision must be fp32, bf16 or fp16, got {self.precision!r}")
+
+
+class TrainTask(Protocol):
+    """What the loop trains. `build_batch` runs in DataLoader workers (CPU); `compute_loss` in the main process."""
+
+    def build_batch(self, items: list[Any], generator: torch.Generator) -> dict[str, Any]: ...
+
+    def compute_loss(
+        self, model: nn.Module, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and named parts (for logging and for naming the culprit of a NaN)."""
+        ...
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/inf loss or gradient: the run stopped and the state before the bad step was saved."""
+
+    def __init__(self, message: str, step: int, tasks: list[str], checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.tasks = tasks
+        self.checkpoint = checkpoint
+
+
+def batch_seed(seed: int, epoch: int, global_batch: int) -> int:
+    """A batch's generator seed: independent of run history, different for every (epoch, batch)."""
+    return (((seed & 0xFFFFFFFF) * 1_000_003 + epoch) * 1_000_003 + global_batch) % (2**63 - 1)
+
+
+class _BatchBuilder(Dataset):
+    """Item j of this 'dataset' is a whole built batch, so DataLoader workers build batches in parallel."""
+
+    def __init__(
+        self, dataset: Any, task: TrainTask, specs: list[tuple[int, int, int, list[int]]], seed: int
+    ) -> None:
+        self.dataset = dataset
+        self.task = task
+        self.specs = specs  # (epoch, batch_in_epoch, global_batch, indices)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, j: int) -> tuple[int, int, dict[str, Any]]:
+        epoch, b, g, indices = self.specs[j]
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, epoch, g))
+        items = [self.dataset[i] for i in indices]
+        return epoch, b, self.task.build_batch(items, gen)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
+
+
+class Trainer:
+    """Train `model` on `dataset` (a map-style dataset of items handed to `task.build_batch`).
+
+    out_dir receives checkpoints (`checkpoint-NNNNNNNN/`, `final/`), `metrics.jsonl` and `tb/`.
+    `stage_index`/`stage_name` are bookkeeping for multi-stage runs; `extra_meta` goes into every checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: TrainTask,
+        dataset: Any,
+        config: TrainerConfig,
+        out_dir: str | Path,
+        dist_info: DistInfo | None = None,
+        *,
+        lengths: Sequence[int] | None = None,
+        run_config_yaml: str | None = None,
+        stage_index: int = 0,
+        stage_name: str = "train",
+        extra_save: Callable[[Path], None] | None = None,
+        extra_meta: dict[str, Any] | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.task = task
+        self.dataset = dataset
+        self.out_dir = Path(out_dir)
+        self.dist = dist_info or DistInfo()
+        self.device = self.dist.device
+        self.run_config_yaml = run_config_yaml
+        self.stage_index = stage_index
+        self.stage_name = stage_name
+        self.extra_save = extra_save
+        self.extra_meta = extra_meta or {}
+        if config.precision == "fp16" and self.device.type != "cuda":
+            from imagebert.config_utils import ConfigError
+
+            raise ConfigError("training.precision: fp16 needs a GPU (use bf16 on CPU)")
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if config.num_threads is not None:
+            torch.set_num_threads(max(1, config.num_threads))
+
+        self.model = model.to(self.device)
+        if self.dist.distributed:
+            kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
+            self.wrapped: nn.Module = nn.parallel.DistributedDataParallel(
+                self.model, find_unused_parameters=config.ddp_find_unused_parameters, **kwargs
+            )
+        else:
+            self.wrapped = self.model
+
+        self.sampler = ShardedBatchSampler(
+            len(dataset),
+            config.batch_size,
+            world_size=self.dist.world_size,
+            rank=self.dist.rank,
+            seed=config.seed,
+            lengths=lengths if config.bucket_by_length else None,
+            bucket_multiplier=config.bucket_multiplier,
+        )
+        self.batches_per_epoch = self.sampler.batches_per_rank
+        if self.batches_per_epoch < 1:
+            from imagebert.config_utils import ConfigError
+
+            raise ConfigError(
+                f"stage '{stage_name}': {len(dataset)} training pairs do not fill one batch of "
+                f"{config.batch_size} per process on {self.dist.world_size} process(es); lower batch_size"
+            )
+        if config.steps is not None:
+            self.total_steps = config.steps
+        else:
+            self.total_steps = max(1, (config.epochs * self.batches_per_epoch) // config.grad_accum_steps)
+        warmup = (
+            config.warmup_steps
+            if config.warmup_steps is not None
+            else int(config.warmup_ratio * self.total_steps)
+        )
+        self.optimizer = build_optimizer(
+            self.model, config.learning_rate, config.weight_decay, config.adam_betas, config.adam_eps
+        )
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup)
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.metrics_file = self.out_dir / "metrics.jsonl"
+        self._writer = None
+
+    # ----------------------------------------------------------------- state
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "total_steps": self.total_steps,
+            "world_size": self.dist.world_size,
+        }
+
+    def save_checkpoint(
+        self,
+        name: str,
+        *,
+        rng_state: dict[str, Any] | None = None,
+        trainer_state: dict[str, Any] | None = None,
+        final: bool = False,
+        reason: str = "periodic",
+    ) -> Path:
+        """Collective: every rank contributes its RNG state; rank 0 writes the folder atomically."""
+        was_training = self.model.training  # extra_save hooks (e.g. validation) may switch to eval mode
+        current = ckpt.capture_rng_state()
+        rng_states = all_gather_object(self.dist, rng_state or current)
+        state = trainer_state or self._trainer_state()
+        path = self.out_dir / name
+        if self.dist.is_main:
+            meta = {
+                "step": state["step"],
+                "epoch": state["epoch"],
+                "batch_in_epoch": state["batch_in_epoch"],
+                "total_steps": self.total_steps,
+                "stage_index": self.stage_index,
+                "stage_name": self.stage_name,
+                "world_size": self.dist.world_size,
+                "git_revision": ckpt.git_revision(),
+                "final": final,
+                "reason": reason,
+                **self.extra_meta,
+            }
+            ckpt.write_checkpoint(
+                self.out_dir,
+                name,
+                model=self.model,
+                trainer_state=state,
+                rng_states=rng_states,
+                meta=meta,
+                run_config_yaml=self.run_config_yaml,
+                extra_save=self.extra_save,
+            )
+            if not final and reason == "periodic":
+                ckpt.prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
+        barrier(self.dist)
+        # saving must not perturb the run: undo any RNG use and mode switch by the hooks
+        ckpt.restore_rng_state(current)
+        self.wrapped.train(was_training)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights, optimizer, scheduler, scaler, data position and this rank's RNG state."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        state = ckpt.load_trainer_state(path)
+        if int(state["world_size"]) != self.dist.world_size:
+            raise ValueError(
+                f"{path}: saved with world size {state['world_size']}, resuming with {self.dist.world_size}; "
+                "resume with the same number of processes (the data order depends on it)"
+            )
+        weights = load_file(str(path / "model.safetensors"), device="cpu")
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
+        missing = [k for k in missing if k not in tied and not any(k.endswith(t) for t in tied)]
+        if unexpected or missing:
+            raise ValueError(
+                f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        if hasattr(self.model, "tie_weights"):
+            self.model.tie_weights()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        rngs = ckpt.load_rng_states(path)
+        ckpt.restore_rng_state(rngs[self.dist.rank])
+
+    # ----------------------------------------------------------------- data
+    def _micro_batches(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(epoch, batch_in_epoch, batch) from the current data position on, epoch after epoch."""
+        epoch, start = self.epoch, self.batch_in_epoch
+        while True:
+            batches = self.sampler.rank_batches(epoch)
+            world, rank = self.dist.world_size, self.dist.rank
+            specs = [(epoch, b, b * world + rank, batches[b]) for b in range(start, len(batches))]
+            builder = _BatchBuilder(self.dataset, self.task, specs, self.config.seed)
+            loader = DataLoader(
+                builder,
+                batch_size=None,
+                shuffle=False,
+                num_workers=self.config.num_workers,
+                collate_fn=_identity,
+                generator=torch.Generator().manual_seed(0),  # keeps the loader off the global RNG
+                persistent_workers=False,
+                pin_memory=self.device.type == "cuda",
+            )
+            yield from loader
+            epoch, start = epoch + 1, 0
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # ----------------------------------------------------------------- logging
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.metrics_file, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.config.tensorboard:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out_dir / "tb"))
+            for key, value in record.items():
+                if isinstance(value, int | float) and key not in ("step", "epoch"):
+                    self._writer.add_scalar(f"{self.stage_name}/{key}", value, record["step"])
+
+    # ----------------------------------------------------------------- loop
+    def train(self, resume_from: str | Path | None = None) -> Path:
+        """Run to `total_steps`; returns the final checkpoint folder (`out_dir/final`)."""
+        from tqdm.auto import tqdm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        cfg = self.config
+        self.wrapped.train()
+        batches = self._micro_batches()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.stage_name,
+            disable=not (cfg.progress_bar and self.dist.is_main),
+            dynamic_ncols=True,
+        )
+        t_last, samples_since, steps_since = time.perf_counter(), 0, 0
+        sums: dict[str, float] = {}
+        try:
+            while self.step < self.total_steps:
+                # The last good state: what a NaN in this step falls back to.
+                good_rng = ckpt.capture_rng_state()
+                good_position = (self.epoch, self.batch_in_epoch)
+                step_parts: dict[str, float] = {}
+                step_loss = 0.0
+                step_samples = 0
+                for k in range(cfg.grad_accum_steps):
+                    epoch, b, batch = next(batches)
+                    batch = _to_device(batch, self.device)
+                    sync = k == cfg.grad_accum_steps - 1 or not self.dist.distributed
+                    ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
+                    with ctx:
+                        with self._autocast():
+                            loss, parts = self.task.compute_loss(self.wrapped, batch)
+                        values = {n: float(p.detach().float()) for n, p in parts.items() if p is not None}
+                        self._check_finite(loss, values, good_rng, good_position)
+                        scaled = loss.float() / cfg.grad_accum_steps
+                        if self.scaler is not None:
+                            self.scaler.scale(scaled).backward()
+                        else:
+                            scaled.backward()
+                    step_loss += float(loss.detach()) / cfg.grad_accum_steps
+                    for n, v in values.items():
+                        step_parts[n] = step_parts.get(n, 0.0) + v / cfg.grad_accum_steps
+                    step_samples += _batch_size(batch)
+                    self.epoch, self.batch_in_epoch = epoch, b + 1
+                    if self.batch_in_epoch >= self.batches_per_epoch:
+                        self.epoch, self.batch_in_epoch = epoch + 1, 0
+
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
+                grad_norm = self._optimizer_step(good_rng, good_position)
+                self.step += 1
+                # Average the logged numbers over ranks (one small all-reduce per step).
+                names = sorted(step_parts)
+                vec = torch.tensor(
+                    [step_loss, *[step_parts[n] for n in names], float(step_samples)], dtype=torch.float64
+                )
+                vec = all_reduce_sum(self.dist, vec)
+                world = self.dist.world_size
+                step_loss = float(vec[0]) / world
+                step_parts = {n: float(vec[i + 1]) / world for i, n in enumerate(names)}
+                samples_since += int(vec[-1])
+                steps_since += 1
+                for n, v in [("loss", step_loss), *step_parts.items()]:
+                    sums[n] = sums.get(n, 0.0) + v
+
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    elapsed = max(time.perf_counter() - t_last, 1e-9)
+                    record = {
+                        "stage": self.stage_name,
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        "lr": lr,
+                        "loss": step_loss,
+                        **{f"loss_{n}": v for n, v in step_parts.items()},
+                        "loss_avg": sums["loss"] / steps_since,
+                        "grad_norm": grad_norm,
+                        "samples_per_s": samples_since / elapsed,
+                        "world_size": world,
+                    }
+                    self._log(record)
+                    bar.set_postfix(
+                        {"loss": f"{sums['loss'] / steps_since:.3f}"}
+                        | {n: f"{sums[n] / steps_since:.3f}" for n in step_parts}
+                        | {"samples/s": f"{samples_since / elapsed:.1f}"},
+                        refresh=False,
+                    )
+                    t_last, samples_since, steps_since, sums = time.perf_counter(), 0, 0, {}
+                bar.update(1)
+
+                if (
+                    cfg.checkpoint_every
+                    and self.step % cfg.checkpoint_every == 0
+                    and self.step < self.total_steps
+                ):
+                    self.save_checkpoint(ckpt.checkpoint_name(self.step))
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.flush()
+        checksums = self._replica_checksums()
+        self.extra_meta = {**self.extra_meta, "replica_checksums": checksums}
+        final = self.save_checkpoint("final", final=True, reason="final")
+        if len(set(checksums)) > 1:
+            raise RuntimeError(f"replicas diverged: parameter checksums per rank {checksums}")
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return final
+
+    def _optimizer_step(self, good_rng: dict[str, Any], good_position: tuple[int, int]) -> float:
+        cfg = self.config
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if cfg.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        else:
+            norm = (
+                torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params]))
+                if params
+                else torch.zeros(())
+            )
+        norm_value = float(norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the update itself on inf/NaN gradients (fp16 overflow)
+            self.scaler.update()
+        else:
+            if not math.isfinite(norm_value):
+                self._stop_non_finite(["gradient"], {"grad_norm": norm_value}, good_rng, good_position)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm_value
+
+    def _check_finite(
+        self,
+        loss: torch.Tensor,
+        parts: dict[str, float],
+        good_rng: dict[str, Any],
+        good_position: tuple[int, int],
+    ) -> None:
+        bad_local = not math.isfinite(float(loss.detach()))
+        flag = all_reduce_sum(self.dist, torch.tensor([1.0 if bad_local else 0.0]))
+        if float(flag[0]) == 0:
+            return
+        culprits = [n for n, v in parts.items() if not math.isfinite(v)] or (
+            ["total"] if bad_local else ["other rank"]
+        )
+        self._stop_non_finite(culprits, parts, good_rng, good_position)
+
+    def _stop_non_finite(
+        self,
+        culprits: list[str],
+        parts: dict[str, float],
+        good_rng: dict[str, Any],
+        good_position: tuple[int, int],
+    ) -> None:
+        """Save the state before this step (weights and optimizer have not moved yet) and raise."""
+        state = self._trainer_state()
+        state["epoch"], state["batch_in_epoch"] = good_position
+        self.optimizer.zero_grad(set_to_none=True)
+        name = ckpt.checkpoint_name(self.step)
+        path = self.save_checkpoint(
+            name, rng_state=good_rng, trainer_state=state, reason="last good state before non-finite loss"
+        )
+        step = self.step + 1
+        detail = ", ".join(f"{n}={v}" for n, v in parts.items())
+        message = (
+            f"non-finite loss at step {step} (stage '{self.stage_name}', epoch {self.epoch}) in task(s) "
+            f"{', '.join(culprits)} [{detail}]; stopped. The last good state (after step {self.step}) is saved in "
+            f"{path}; fix the data or lower the learning rate and resume with --resume {path}"
+        )
+        self._log(
+            {
+                "stage": self.stage_name,
+                "step": step,
+                "event": "non_finite",
+                "tasks": culprits,
+                "checkpoint": str(path),
+            }
+        )
+        raise NonFiniteLossError(message, step, culprits, path)
+
+    def _replica_checksums(self) -> list[float]:
+        """DDP keeps replicas identical; check it once at the end (one checksum per rank, stored in meta.json)."""
+        with torch.no_grad():
+            total = sum(float(p.detach().double().sum()) for p in self.model.parameters())
+        return all_gather_object(self.dist, total)
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    for key in ("input_ids", "region_features", "itm_labels"):
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim:
+            return int(value.shape[0])
+    return 0

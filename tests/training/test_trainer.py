@@ -1,0 +1,236 @@
+"""The training loop: learning, exact stop-and-resume, NaN stops, sharding, schedule, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from imagebert.training.pairs import InMemoryPairDataset
+from imagebert.training.pretraining import PretrainConfig, StageConfig, run_pretraining
+from imagebert.training.trainer import NonFiniteLossError, TrainerConfig
+
+from .conftest import make_corpus, tiny_model_overrides
+
+
+def _metrics(run: Path, stage: str = "1-s1") -> list[dict]:
+    lines = (run / stage / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines if "loss" in json.loads(x)]
+
+
+def _config(bert: Path, **training) -> PretrainConfig:
+    t = dict(
+        batch_size=4,
+        learning_rate=1e-3,
+        log_every=1,
+        checkpoint_every=0,
+        progress_bar=False,
+        tensorboard=False,
+    )
+    t.update(training)
+    steps = t.pop("steps", 6)
+    return PretrainConfig(
+        stages=[StageConfig(name="s1", steps=steps)],
+        init_from_bert=str(bert),
+        model=tiny_model_overrides(),
+        training=TrainerConfig(**t),
+    )
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter(InMemoryPairDataset):
+    """Raises after `limit` item reads: a run killed mid-stage."""
+
+    def __init__(self, captions, records, limit: int) -> None:
+        super().__init__(captions, records)
+        self.limit, self.reads = limit, 0
+
+    def __getitem__(self, index):
+        self.reads += 1
+        if self.reads > self.limit:
+            raise _Interrupt
+        return super().__getitem__(index)
+
+
+def _fixed_eval_loss(model, task, pool, seeds=range(6)) -> dict[str, float]:
+    """Per-task loss on fixed batches (fixed masks and negatives), dropout off: a noise-free yardstick."""
+    model.eval()
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for seed in seeds:
+            items = [pool[i] for i in range(len(pool))]
+            _, parts = task.compute_loss(model, task.build_batch(items, torch.Generator().manual_seed(seed)))
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / len(seeds)
+    return sums
+
+
+def test_loss_falls_on_a_tiny_corpus(tiny_bert, tmp_path):
+    from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
+    from imagebert.training import PairPool, PretrainTask
+    from imagebert.training.pretraining import ItmConfig, MaskingConfig
+
+    caps, recs = make_corpus(num_images=4, captions_per_image=2)
+    ds = InMemoryPairDataset(caps, recs)
+    cfg = _config(tiny_bert, steps=25, learning_rate=5e-3, warmup_ratio=0.05)
+    final = run_pretraining(cfg, tmp_path / "run", dataset_factory=lambda s: [ds])
+    assert len(_metrics(tmp_path / "run")) == 25
+
+    pool = PairPool([ds])
+    torch.manual_seed(0)
+    before = ImageBertForPreTraining.init_from_bert(tiny_bert, **tiny_model_overrides())
+    after = ImageBertForPreTraining.from_pretrained(final)
+    task = PretrainTask(pool, load_tokenizer(tiny_bert), after.config, MaskingConfig(), ItmConfig())
+    l0, l1 = _fixed_eval_loss(before, task, pool), _fixed_eval_loss(after, task, pool)
+    assert sum(l1.values()) < 0.9 * sum(l0.values()), (l0, l1)
+    assert l1["mlm"] < 0.9 * l0["mlm"] and l1["mrfr"] < 0.8 * l0["mrfr"] and l1["moc"] < l0["moc"], (l0, l1)
+    meta = json.loads((final / "meta.json").read_text())
+    assert meta["final"] and meta["step"] == 25 and "git_revision" in meta
+    from imagebert.modeling import ImageBertForRetrieval
+
+    ImageBertForRetrieval.from_pretrained(final)  # the retrieval fine-tuner can start from it
+
+
+def test_stop_and_resume_reproduces_the_uninterrupted_run(tiny_bert, tmp_path):
+    caps, recs = make_corpus(num_images=10, captions_per_image=2)  # 20 pairs: 5 batches of 4 per epoch
+    cfg = _config(
+        tiny_bert, steps=8, grad_accum_steps=2, checkpoint_every=3
+    )  # crosses epochs, resumes mid-epoch
+    ds = InMemoryPairDataset(caps, recs)
+    run_pretraining(cfg, tmp_path / "full", dataset_factory=lambda s: [ds])
+    full = [m["loss"] for m in _metrics(tmp_path / "full")]
+
+    # the same run, killed during step 5 (after the checkpoint at step 3)
+    killed = _StopAfter(caps, recs, limit=4 * 2 * 4 + 3)
+    with pytest.raises(_Interrupt):
+        run_pretraining(cfg, tmp_path / "part", dataset_factory=lambda s: [killed])
+    ckpts = sorted(p.name for p in (tmp_path / "part" / "1-s1").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-00000003"]
+    run_pretraining(cfg, tmp_path / "part", resume=tmp_path / "part", dataset_factory=lambda s: [ds])
+    resumed = _metrics(tmp_path / "part")
+    by_step = {
+        m["step"]: m["loss"] for m in resumed
+    }  # steps 1-4 from the first try, 4-8 from the resumed one
+    assert [m["step"] for m in resumed][-5:] == [4, 5, 6, 7, 8]
+    assert [by_step[s] for s in range(1, 9)] == full  # bitwise equal, step for step
+    a = torch.load(tmp_path / "full/1-s1/final/trainer_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "part/1-s1/final/trainer_state.pt", weights_only=True)
+    assert (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"]) == (3, 1)
+
+
+def test_nan_loss_stops_with_the_last_good_state(tiny_bert, tmp_path):
+    from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
+    from imagebert.training import PairPool, PretrainTask, Trainer
+    from imagebert.training.pretraining import ItmConfig, MaskingConfig
+
+    caps, recs = make_corpus()
+    pool = PairPool([InMemoryPairDataset(caps, recs)])
+    tcfg = TrainerConfig(
+        batch_size=4, steps=6, log_every=1, checkpoint_every=0, progress_bar=False, tensorboard=False
+    )
+
+    class PoisonedTask(PretrainTask):
+        poison_batch: int | None = None
+        built = 0
+
+        def build_batch(self, items, generator):
+            batch = super().build_batch(items, generator)
+            if self.built == self.poison_batch:
+                batch["mrfr_targets"][0, 0, 0] = float("nan")
+                batch["itm_labels"][0] = 1  # the poisoned pair is a matched one, so MRFR sees it
+            self.built += 1
+            return batch
+
+    def trainer(out: Path, poison: int | None) -> Trainer:
+        torch.manual_seed(0)
+        model = ImageBertForPreTraining.init_from_bert(tiny_bert, **tiny_model_overrides())
+        task = PoisonedTask(pool, load_tokenizer(tiny_bert), model.config, MaskingConfig(), ItmConfig())
+        task.poison_batch = poison
+        return Trainer(model, task, pool, tcfg, out)
+
+    clean = trainer(tmp_path / "clean", None)
+    clean.train()
+    clean_losses = [m["loss"] for m in _metrics(tmp_path, "clean")]
+
+    bad = trainer(tmp_path / "bad", poison=3)
+    with pytest.raises(NonFiniteLossError) as info:
+        bad.train()
+    err = info.value
+    assert err.step == 4 and err.tasks == ["mrfr"]
+    assert "step 4" in str(err) and "mrfr" in str(err) and str(err.checkpoint) in str(err)
+    meta = json.loads((err.checkpoint / "meta.json").read_text())
+    assert meta["step"] == 3 and meta["batch_in_epoch"] == 3
+    assert not (tmp_path / "bad" / "final").exists()
+    # the saved state is the one before the bad step: resuming without the poison gives the clean run's steps 4-6
+    again = trainer(tmp_path / "again", None)
+    again.train(resume_from=err.checkpoint)
+    resumed = [m["loss"] for m in _metrics(tmp_path, "again")]
+    assert resumed == clean_losses[3:]
+
+
+def test_bf16_autocast_bucketing_and_workers(tiny_bert, tmp_path):
+    caps, recs = make_corpus()
+    ds = InMemoryPairDataset(caps, recs)
+    losses = {}
+    for workers in (0, 2):
+        cfg = _config(tiny_bert, steps=3, precision="bf16", bucket_by_length=True, bucket_multiplier=2,
+                      num_workers=workers)  # fmt: skip
+        run_pretraining(cfg, tmp_path / f"w{workers}", dataset_factory=lambda s: [ds])
+        losses[workers] = [m["loss"] for m in _metrics(tmp_path / f"w{workers}")]
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses[0])
+    assert losses[0] == losses[2]  # batches built in worker processes are the same batches
+
+
+def test_multi_stage_starts_each_stage_from_the_previous_one(tiny_bert, tmp_path):
+    from safetensors.torch import load_file
+
+    caps, recs = make_corpus()
+    ds = InMemoryPairDataset(caps, recs)
+    cfg = _config(tiny_bert, steps=2, tensorboard=True)
+    cfg.stages = [
+        StageConfig(name="a", steps=2),
+        StageConfig(name="b", steps=1, learning_rate=1e-9, warmup_steps=0),
+    ]
+    final = run_pretraining(cfg, tmp_path / "run", dataset_factory=lambda s: [ds])
+    assert final == tmp_path / "run" / "2-b" / "final"
+    a = load_file(tmp_path / "run" / "1-a" / "final" / "model.safetensors")
+    b = load_file(final / "model.safetensors")
+    # stage b ran one step at lr 1e-9: its weights are stage a's, barely moved (not BERT's, not re-initialised)
+    key = next(k for k in a if "region_heads" in k)
+    assert torch.allclose(a[key], b[key], atol=1e-6)
+    assert json.loads((final / "meta.json").read_text())["stage_index"] == 1
+    assert list((tmp_path / "run" / "2-b" / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars
+
+
+def test_checkpoint_hooks_do_not_perturb_the_run(tiny_bert, tmp_path):
+    """A save hook (the retrieval fine-tuner validates there) may use RNGs and eval mode: losses must not change."""
+    import random
+
+    from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
+    from imagebert.training import PairPool, PretrainTask, Trainer
+    from imagebert.training.pretraining import ItmConfig, MaskingConfig
+
+    caps, recs = make_corpus()
+    pool = PairPool([InMemoryPairDataset(caps, recs)])
+
+    def run(out: Path, every: int, hook) -> list[float]:
+        torch.manual_seed(0)
+        model = ImageBertForPreTraining.init_from_bert(tiny_bert, **tiny_model_overrides())
+        task = PretrainTask(pool, load_tokenizer(tiny_bert), model.config, MaskingConfig(), ItmConfig())
+        tcfg = TrainerConfig(batch_size=4, steps=4, log_every=1, checkpoint_every=every, progress_bar=False,
+                             tensorboard=False)  # fmt: skip
+        trainer = Trainer(model, task, pool, tcfg, out, extra_save=hook and (lambda d: hook(model, d)))
+        trainer.train()
+        return [m["loss"] for m in _metrics(out.parent, out.name)]
+
+    def noisy_hook(model, folder):
+        model.eval()
+        torch.rand(1000)
+        random.random()
+
+    assert run(tmp_path / "plain", 0, None) == run(tmp_path / "hooked", 1, noisy_hook)
