@@ -1,0 +1,37 @@
+"""Image-text retrieval: fine-tuning (paper section 4.4) and evaluation (exhaustive and fast modes).
+
+Public API:
+    run_finetuning(config) -> best checkpoint dir;  load_finetune_config(path, overrides)
+    evaluate_checkpoint(checkpoint, dataset_yaml, split=, protocol=, out_dir=, options=EvalOptions(...))
+    evaluate_gallery(model, collator, Gallery, protocol, EvalOptions) for in-memory galleries
+    recall_at_k / fold_average_recall on any caption x image score matrix
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "FinetuneConfig": "imagebert.retrieval.finetune",
+    "load_finetune_config": "imagebert.retrieval.finetune",
+    "run_finetuning": "imagebert.retrieval.finetune",
+    "EvalOptions": "imagebert.retrieval.evaluate",
+    "evaluate_checkpoint": "imagebert.retrieval.evaluate",
+    "evaluate_gallery": "imagebert.retrieval.evaluate",
+    "load_retrieval_model": "imagebert.retrieval.evaluate",
+    "Gallery": "imagebert.retrieval.scorers",
+    "ModelPairScorer": "imagebert.retrieval.scorers",
+    "RecallResult": "imagebert.retrieval.metrics",
+    "recall_at_k": "imagebert.retrieval.metrics",
+    "fold_average_recall": "imagebert.retrieval.metrics",
+    "score_matrix": "imagebert.retrieval.engine",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'imagebert.retrieval' has no attribute {name!r}")

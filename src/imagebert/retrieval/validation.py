@@ -1,0 +1,87 @@
+"""Cheap validation during fine-tuning: each query against its positive(s) and a fixed set of sampled candidates.
+
+Full-gallery evaluation costs |captions| x |images| cross-encoder passes; this costs queries x (candidates + 1)
+and tracks it closely enough to pick the best checkpoint. The candidate sets are drawn once (seeded), so every
+validation of a run sees the same problems and the numbers are comparable across steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from imagebert.retrieval.metrics import recall_from_ranks
+from imagebert.retrieval.scorers import Gallery, ModelPairScorer
+
+
+@dataclass
+class ValidationPlan:
+    ir_queries: np.ndarray  # [Q] caption rows
+    ir_candidates: np.ndarray  # [Q, 1 + N] image columns, the positive first
+    tr_queries: np.ndarray  # [Q'] image columns
+    tr_candidates: np.ndarray  # [Q', C] caption rows (all own captions first, then N wrong ones)
+    tr_num_own: np.ndarray  # [Q'] how many leading candidates are own captions
+
+
+def make_plan(gallery: Gallery, num_queries: int, num_candidates: int, seed: int = 0) -> ValidationPlan:
+    """Draw the validation problems once. num_queries 0 = every caption / image."""
+    rng = np.random.default_rng(seed)
+    n_cap, n_img = gallery.num_captions, gallery.num_images
+    ci = np.asarray(gallery.caption_image)
+    if n_img < 2:
+        raise ValueError("validation needs at least 2 images")
+    n_neg_img = min(num_candidates, n_img - 1)
+    q = (
+        np.arange(n_cap)
+        if num_queries in (0, None) or num_queries >= n_cap
+        else rng.choice(n_cap, num_queries, replace=False)
+    )
+    ir_cand = np.empty((len(q), 1 + n_neg_img), dtype=np.int64)
+    for r, c in enumerate(q):
+        wrong = rng.choice(n_img - 1, n_neg_img, replace=False)
+        wrong = wrong + (wrong >= ci[c])
+        ir_cand[r] = np.concatenate([[ci[c]], wrong])
+    qi = (
+        np.arange(n_img)
+        if num_queries in (0, None) or num_queries >= n_img
+        else rng.choice(n_img, num_queries, replace=False)
+    )
+    own_lists = [np.nonzero(ci == i)[0] for i in qi]
+    width = max(len(o) for o in own_lists) + num_candidates
+    tr_cand = np.full((len(qi), width), -1, dtype=np.int64)
+    num_own = np.empty(len(qi), dtype=np.int64)
+    for r, (i, own) in enumerate(zip(qi, own_lists)):
+        others = np.nonzero(ci != i)[0]
+        wrong = rng.choice(others, min(num_candidates, len(others)), replace=False)
+        row = np.concatenate([own, wrong])
+        tr_cand[r, : len(row)] = row
+        num_own[r] = len(own)
+    return ValidationPlan(q, ir_cand, qi, tr_cand, num_own)
+
+
+def run_validation(
+    scorer: ModelPairScorer, plan: ValidationPlan, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
+    """R@K both ways on the plan's mini-galleries (pessimistic ties), and their sum as `val_rsum`."""
+    ci = np.asarray(scorer.gallery.caption_image)
+    caps = np.concatenate([np.repeat(plan.ir_queries, plan.ir_candidates.shape[1])])
+    imgs = plan.ir_candidates.reshape(-1)
+    tr_valid = plan.tr_candidates >= 0
+    tr_caps = plan.tr_candidates[tr_valid]
+    tr_imgs = np.broadcast_to(plan.tr_queries[:, None], plan.tr_candidates.shape)[tr_valid]
+    scores = scorer.score_pairs(np.concatenate([caps, tr_caps]), np.concatenate([imgs, tr_imgs]))
+    ir_scores = scores[: len(caps)].reshape(plan.ir_candidates.shape)
+    ir_ranks = (ir_scores[:, 1:] >= ir_scores[:, :1]).sum(axis=1)
+    tr_scores = np.full(plan.tr_candidates.shape, -np.inf, dtype=np.float32)
+    tr_scores[tr_valid] = scores[len(caps) :]
+    tr_ranks = np.empty(len(plan.tr_queries), dtype=np.int64)
+    for r in range(len(plan.tr_queries)):
+        row = tr_scores[r][tr_valid[r]]
+        own = ci[plan.tr_candidates[r][tr_valid[r]]] == plan.tr_queries[r]
+        tr_ranks[r] = int((row[~own] >= row[own].max()).sum())
+    ir = recall_from_ranks(ir_ranks, ks)
+    tr = recall_from_ranks(tr_ranks, ks)
+    out = {f"val_ir_r{k}": v for k, v in ir.items()} | {f"val_tr_r{k}": v for k, v in tr.items()}
+    out["val_rsum"] = float(sum(ir.values()) + sum(tr.values()))
+    return out

@@ -1,0 +1,82 @@
+"""Negative sampling never returns a right answer; mining keeps the highest-scoring wrong candidates."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from imagebert.retrieval.finetune import LossConfig, NegativesConfig, RetrievalTask
+from imagebert.retrieval.mining import sample_negative_captions, sample_negative_images, select_hard
+
+from .conftest import make_records
+
+
+def test_select_hard_by_hand():
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.7, 0.8], [0.0, 5.0, 1.0, 1.0, 2.0]])
+    wrong = torch.tensor([[False, True, True, True, True], [True, False, True, True, True]])
+    # row 0: 0.9 is the right one -> skip; 0.8 (1) and 0.8 (4) tie -> lower index first
+    # row 1: 5.0 is right -> skip; then 2.0 (4), then 1.0 tie (2 before 3)
+    assert select_hard(scores, wrong, 2).tolist() == [[1, 4], [4, 2]]
+    assert select_hard(scores, wrong, 3).tolist() == [[1, 4, 3], [4, 2, 3]]
+    with pytest.raises(ValueError, match="fewer than"):
+        select_hard(scores, wrong, 5)
+
+
+def test_sampled_negatives_are_never_right():
+    rng = np.random.default_rng(0)
+    caption_image = np.repeat(np.arange(4), 5)
+    for pos in range(4):
+        caps = sample_negative_captions(rng, pos, caption_image, 50)
+        assert (caption_image[caps] != pos).all() and len(caps) == 50
+        imgs = sample_negative_images(rng, pos, 4, 3)
+        assert pos not in imgs and len(set(imgs.tolist())) == 3
+
+
+class _KnownScorer(torch.nn.Module):
+    """score = first feature of the first region + 0.001 * second token id (a fixed, known function)."""
+
+    def forward(self, input_ids, attention_mask, region_features, region_locations, region_mask):
+        return SimpleNamespace(scores=region_features[:, 0, 0] + 0.001 * input_ids[:, 1].float())
+
+
+def test_task_mining_returns_the_highest_scoring_wrong_candidates(tiny_model_and_collator):
+    from imagebert.training.pairs import InMemoryPairDataset
+
+    _, collator = tiny_model_and_collator
+    records, captions = make_records(20, seed=3)
+    ds = InMemoryPairDataset(captions, records)
+    task = RetrievalTask(
+        ds, collator, NegativesConfig(num_negatives=3, pool_size=10, hard=True), LossConfig()
+    )
+    batch = task.build_batch([0, 7, 33, 61], torch.Generator().manual_seed(5))
+    neg_img, neg_cap = task.mine(_KnownScorer(), batch)
+    b, m = 4, 10
+    feats = batch["region_features"][:, 0, 0]
+    tok = batch["input_ids"][:, 1].float() * 0.001
+    for r in range(b):
+        # caption r against each pool image: brute force the 3 best wrong ones
+        s_img = feats[b:] + tok[r]
+        wrong = batch["img_wrong"][r]
+        want = [j for j in torch.argsort(-s_img, stable=True).tolist() if wrong[j]][:3]
+        assert neg_img[r].tolist() == want
+        s_cap = feats[r] + tok[b:]
+        wrong_c = batch["cap_wrong"][r]
+        want_c = [j for j in torch.argsort(-s_cap, stable=True).tolist() if wrong_c[j]][:3]
+        assert neg_cap[r].tolist() == want_c
+        assert bool(wrong[neg_img[r]].all()) and bool(wrong_c[neg_cap[r]].all())
+    assert batch["img_wrong"].shape == (b, m)
+
+
+def test_random_negatives_exclude_the_positive_image(tiny_model_and_collator):
+    from imagebert.training.pairs import InMemoryPairDataset
+
+    _, collator = tiny_model_and_collator
+    records, captions = make_records(8, seed=4)
+    ds = InMemoryPairDataset(captions, records)
+    task = RetrievalTask(ds, collator, NegativesConfig(num_negatives=4, pool_size=7), LossConfig())
+    for seed in range(5):
+        items = list(range(0, 40, 3))
+        batch = task.build_batch(items, torch.Generator().manual_seed(seed))
+        assert batch["img_wrong"].gather(1, batch["neg_img"]).all()
+        assert batch["cap_wrong"].gather(1, batch["neg_cap"]).all()
