@@ -246,15 +246,24 @@ class ImageBertModel(ImageBertPreTrainedModel):
             masks.append(mask.to(torch.long))
 
         one = torch.ones(batch, 1, dtype=torch.long, device=device)
+        # One word-embedding lookup for [CLS], the image [SEP] and the words: each lookup's backward builds a
+        # dense (vocab x hidden) gradient, so three lookups cost three of those per step.
+        id_parts: list[torch.Tensor] = []
         if input_ids is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            cls_embed = word(input_ids[:, :1])
+            id_parts.append(input_ids[:, :1])
             cls_mask = attention_mask[:, :1]
         else:
-            cls_embed = word(torch.full((batch, 1), cfg.cls_token_id, dtype=torch.long, device=device))
+            id_parts.append(torch.full((batch, 1), cfg.cls_token_id, dtype=torch.long, device=device))
             cls_mask = one
-        add(cls_embed, torch.zeros(1, 1, dtype=torch.long, device=device), SEGMENT_IMAGE, cls_mask)
+        if region_features is not None:
+            id_parts.append(torch.full((batch, 1), cfg.sep_token_id, dtype=torch.long, device=device))
+        has_text = input_ids is not None and input_ids.shape[1] > 1
+        if has_text:
+            id_parts.append(input_ids[:, 1:])
+        token_embeds = word(torch.cat(id_parts, dim=1) if len(id_parts) > 1 else id_parts[0])
+        add(token_embeds[:, :1], torch.zeros(1, 1, dtype=torch.long, device=device), SEGMENT_IMAGE, cls_mask)
 
         num_regions = 0
         if region_features is not None:
@@ -271,12 +280,16 @@ class ImageBertModel(ImageBertPreTrainedModel):
                 SEGMENT_IMAGE,
                 region_mask,
             )
-            sep = word(torch.full((batch, 1), cfg.sep_token_id, dtype=torch.long, device=device))
-            add(sep, torch.full((1, 1), IMAGE_SEP_POSITION_ID, device=device), SEGMENT_IMAGE, one)
-        if input_ids is not None and input_ids.shape[1] > 1:
+            add(
+                token_embeds[:, 1:2],
+                torch.full((1, 1), IMAGE_SEP_POSITION_ID, device=device),
+                SEGMENT_IMAGE,
+                one,
+            )
+        if has_text:
             text_len = input_ids.shape[1] - 1
             text_pos = torch.arange(1, text_len + 1, device=device).unsqueeze(0) + TEXT_POSITION_OFFSET
-            add(word(input_ids[:, 1:]), text_pos, SEGMENT_TEXT, attention_mask[:, 1:])
+            add(token_embeds[:, -text_len:], text_pos, SEGMENT_TEXT, attention_mask[:, 1:])
 
         inputs_embeds = torch.cat([e.to(embeds[0].dtype) for e in embeds], dim=1)
         position_ids = torch.cat(positions, dim=1)
