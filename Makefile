@@ -32,7 +32,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.compare
+	$(BIN)/python -m benchmarks.collect_results
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,13 +33,14 @@ class DemoSettings:
     seed: int = 0
     image_size: int = 256
     extract_size: int = 384  # letterbox side for the backbone: a 12 x 12 map at stride 32
-    pretrain_steps: int = 900
+    pretrain_steps: int = 500
     pretrain_batch: int = 32
-    finetune_steps: int = 500
+    finetune_steps: int = 300
     finetune_batch: int = 16
     eval_precision: str = "bf16"
     train_precision: str = "bf16"
     examples: int = 3
+    extract_bf16: bool = True  # about 2x faster on AVX512-BF16 CPUs
 
 
 def _configs_dir() -> Path:
@@ -122,7 +123,7 @@ class _Timer:
 def _extract(corpus: Any, store: Path, s: DemoSettings, log: Callable[[str], None]) -> Path:
     from imagebert.extraction.extract import ExtractionConfig, extract
 
-    cfg = ExtractionConfig(image_size=s.extract_size, batch_size=16, bf16=False, progress=True)
+    cfg = ExtractionConfig(image_size=s.extract_size, batch_size=16, bf16=s.extract_bf16, progress=True)
     report = extract(corpus.images_dir, store, cfg, boxes=corpus.boxes_json)
     log(f"[demo] extraction: {report.summary()}")
     if report.rejected:
