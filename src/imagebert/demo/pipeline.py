@@ -35,7 +35,7 @@ class DemoSettings:
     extract_size: int = 384  # letterbox side for the backbone: a 12 x 12 map at stride 32
     pretrain_steps: int = 500
     pretrain_batch: int = 32
-    finetune_steps: int = 300
+    finetune_steps: int = 250
     finetune_batch: int = 16
     eval_precision: str = "bf16"
     train_precision: str = "bf16"
@@ -369,7 +369,7 @@ def _plot_losses(out: Path, png: Path) -> Path | None:
 
 
 def _is_loss_key(key: str) -> bool:
-    return "loss" in key and not key.startswith("val")
+    return "loss" in key and not key.startswith("val") and not key.endswith("_avg")
 
 
 def _finite(v: Any) -> bool:
