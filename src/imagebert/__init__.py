@@ -6,8 +6,7 @@ transformers at start-up.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from imagebert._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -21,7 +20,4 @@ _LAZY = {
 __all__ = [*_LAZY, "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'imagebert' has no attribute {name!r}")
+__getattr__ = lazy_getattr("imagebert", _LAZY)

@@ -5,22 +5,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from imagebert._lazy import lazy_getattr
 from imagebert.data.captions import read_caption_list, read_karpathy_json
 from imagebert.data.importer import ImportReport, import_features
 from imagebert.data.store import BoxSelection, FeatureStore, FeatureStoreWriter
 from imagebert.data.types import Caption, RegionRecord
 
-_LAZY = {"PairDataset", "DatasetSpec", "CaptionSource", "load_dataset_spec"}
+_LAZY = {
+    name: "imagebert.data.dataset"
+    for name in ("PairDataset", "DatasetSpec", "CaptionSource", "load_dataset_spec")
+}
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from imagebert.data import dataset
-
-        return getattr(dataset, name)
-    raise AttributeError(f"module 'imagebert.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr("imagebert.data", _LAZY)
 
 
 __all__ = [

@@ -5,8 +5,7 @@ Heavy modules (torch, the backbone) load lazily so that `imagebert --help` stays
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from imagebert._lazy import lazy_getattr
 
 _LAZY = {
     "roi_align": "imagebert.extraction.roi_align",
@@ -29,7 +28,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'imagebert.extraction' has no attribute {name!r}")
+__getattr__ = lazy_getattr("imagebert.extraction", _LAZY)

@@ -9,8 +9,7 @@ Public API:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from imagebert._lazy import lazy_getattr
 
 _LAZY = {
     "FinetuneConfig": "imagebert.retrieval.finetune",
@@ -31,7 +30,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'imagebert.retrieval' has no attribute {name!r}")
+__getattr__ = lazy_getattr("imagebert.retrieval", _LAZY)

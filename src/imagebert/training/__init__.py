@@ -5,8 +5,7 @@ Names are imported lazily so that `imagebert --help` and the light CLI commands 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from imagebert._lazy import lazy_getattr
 
 _LAZY = {
     "InMemoryPairDataset": "imagebert.training.pairs",
@@ -26,7 +25,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'imagebert.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr("imagebert.training", _LAZY)
