@@ -59,7 +59,10 @@ def test_sequence_layout_positions_segments_on_hand_made_example(tiny_bert_path,
     torch.testing.assert_close(emb[0], word.weight[101])
     torch.testing.assert_close(emb[4], word.weight[102])  # the [SEP] closing the image
     torch.testing.assert_close(emb[5:], word.weight[ids[0, 1:]])
-    expected_region = model.region_feature_proj(feats[0]) + model.region_location_proj(locs[0])
+    # no statistics installed: standardisation is the identity; each projection has its own LayerNorm
+    expected_region = model.region_feature_norm(
+        model.region_feature_proj(feats[0])
+    ) + model.region_location_norm(model.region_location_proj(locs[0]))
     torch.testing.assert_close(emb[1:4], expected_region)
     assert out.last_hidden_state.shape == (1, 9, 32)
     assert out.text_hidden_states.shape == (1, 5, 32) and out.region_hidden_states.shape == (1, 3, 32)
@@ -270,3 +273,33 @@ def test_unknown_config_key_is_rejected():
         ImageBertConfig(visual_feat_dim=3)
     with pytest.raises(ValueError, match="mrfr_reduction"):
         ImageBertConfig(mrfr_reduction="median")
+
+
+def test_standardisation_makes_the_encoder_blind_to_feature_scale_and_offset(tiny_bert_path):
+    """Features a*f + b with statistics measured on them reach the encoder exactly as f with f's statistics; a
+    masked (all-zero) row stays zero; the statistics travel with save/load."""
+    model = _model(tiny_bert_path)
+    rng = np.random.default_rng(0)
+    raw = torch.from_numpy(rng.random((2, 5, D)).astype(np.float32))
+    scale, offset = torch.linspace(5, 50, D), torch.linspace(10, 100, D)
+    big = raw * scale + offset
+    mean, std = raw.reshape(-1, D).mean(0), raw.reshape(-1, D).std(0)
+    model.set_region_feature_stats(mean, std)
+    a = model.normalize_region_features(raw)
+    model.set_region_feature_stats(mean * scale + offset, std * scale)
+    b = model.normalize_region_features(big)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    big[0, 2] = 0.0
+    assert torch.equal(model.normalize_region_features(big)[0, 2], torch.zeros(D))
+    with pytest.raises(ValueError, match="NaN"):
+        model.set_region_feature_stats(torch.full((D,), float("nan")), std)
+
+
+def test_feature_statistics_round_trip(tiny_bert_path, tmp_path):
+    model = _model(tiny_bert_path, cls=ImageBertForPreTraining)
+    assert not model.imagebert.region_feature_stats_set
+    model.imagebert.set_region_feature_stats(torch.arange(D, dtype=torch.float32), torch.full((D,), 2.0))
+    model.save_pretrained(tmp_path / "m")
+    back = ImageBertForRetrieval.from_pretrained(tmp_path / "m").imagebert
+    assert back.region_feature_stats_set
+    torch.testing.assert_close(back.region_feature_mean, torch.arange(D, dtype=torch.float32))

@@ -45,6 +45,7 @@ def tiny_model_config(**overrides):
         vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
         max_position_embeddings=64, visual_feature_dim=FEATURE_DIM, num_object_classes=8, max_regions=8,
         max_text_tokens=16, itc_dim=32,
+        itc_trained_steps=1,  # these tests check the mechanics of fast mode, which refuses untrained projections
     )  # fmt: skip
     kw.update(overrides)
     return ImageBertConfig(**kw)

@@ -82,3 +82,25 @@ def test_fast_scores_are_bit_identical_to_exhaustive(tiny_model_and_collator):
     assert len(np.unique(full)) > 0.9 * full.size
     r = recall_at_k(full, g.caption_image)
     assert r.num_captions == 25 and stats.pairs_scored == 125
+
+
+def test_fast_mode_refuses_untrained_contrastive_projections(tmp_path, capsys):
+    """A checkpoint pre-trained the paper's way (no ITC) has random projections: the CLI says so, exit 2."""
+    import torch
+
+    from imagebert.cli import main
+    from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
+
+    from .conftest import tiny_model_config, write_karpathy_dataset
+
+    ckpt = tmp_path / "paper_ckpt"
+    torch.manual_seed(0)
+    ImageBertForPreTraining(tiny_model_config(itc_trained_steps=0)).save_pretrained(ckpt)
+    load_tokenizer().save_pretrained(ckpt)
+    data = write_karpathy_dataset(tmp_path / "data", {"test": 4})
+    args = ["evaluate", "--checkpoint", str(ckpt), "--dataset", str(data), "--split", "test", "--protocol",
+            "flickr1k", "--device", "cpu"]  # fmt: skip
+    assert main([*args, "--mode", "fast", "--k", "2", "--out", str(tmp_path / "fast")]) == 2
+    err = capsys.readouterr().err
+    assert "contrastive (ITC) projections were never trained" in err and "task_itc=true" in err
+    assert main([*args, "--mode", "exhaustive", "--out", str(tmp_path / "ex")]) == 0

@@ -80,3 +80,49 @@ def test_random_negatives_exclude_the_positive_image(tiny_model_and_collator):
         batch = task.build_batch(items, torch.Generator().manual_seed(seed))
         assert batch["img_wrong"].gather(1, batch["neg_img"]).all()
         assert batch["cap_wrong"].gather(1, batch["neg_cap"]).all()
+
+
+def test_select_hard_with_temperature_samples_only_wrong_candidates_and_prefers_high_scores():
+    scores = torch.tensor([[5.0, 4.0, 0.0, -5.0, 3.0]])
+    wrong = torch.tensor([[False, True, True, True, True]])
+    gen = torch.Generator().manual_seed(0)
+    counts = np.zeros(5)
+    for _ in range(300):
+        pick = select_hard(scores, wrong, 2, temperature=1.0, generator=gen)[0]
+        assert len(set(pick.tolist())) == 2 and wrong[0, pick].all()
+        counts[pick] += 1
+    assert counts[0] == 0 and counts[1] > counts[2] > counts[3]
+
+
+def test_mining_switches_on_at_the_configured_step(tmp_path, tiny_model_and_collator):
+    """Through the real Trainer: random negatives before `hard_start_step`, mined ones from it on."""
+    from imagebert.modeling import ImageBertForRetrieval
+    from imagebert.training.pairs import InMemoryPairDataset
+    from imagebert.training.trainer import Trainer, TrainerConfig
+
+    model, collator = tiny_model_and_collator
+    records, captions = make_records(16, seed=2)
+    ds = InMemoryPairDataset(captions, records)
+    negatives = NegativesConfig(num_negatives=2, pool_size=6, hard=True, hard_start_step=3, hard_source="itc")
+    task = RetrievalTask(ds, collator, negatives, LossConfig())
+    mined_at: list[int] = []
+    original = task.mine
+
+    def spy(core, batch):
+        mined_at.append(task.current_step)
+        return original(core, batch)
+
+    task.mine = spy
+    fresh = ImageBertForRetrieval(model.config)
+    cfg = TrainerConfig(batch_size=4, steps=6, log_every=1, checkpoint_every=0, progress_bar=False,
+                        tensorboard=False, learning_rate=1e-3)  # fmt: skip
+
+    class Indices(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            return i
+
+    Trainer(fresh, task, Indices(), cfg, tmp_path / "run").train()
+    assert mined_at == [3, 4, 5]

@@ -74,4 +74,5 @@ def test_shipped_configs_load():
     demo = load_pretrain_config(
         ROOT / "configs/pretrain/demo_cpu.yaml", ["stages.0.datasets=[x.yaml]"], check_paths=False
     )
-    assert demo.model["visual_feature_dim"] == 1280 and demo.init_from_bert is None
+    assert demo.model["visual_feature_dim"] == "auto" and demo.init_from_bert is None
+    assert demo.model["task_itc"] is True

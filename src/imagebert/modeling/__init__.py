@@ -10,6 +10,7 @@ from imagebert.modeling.model import (
     ImageBertModel,
     ImageBertModelOutput,
     ImageBertRetrievalOutput,
+    itc_projections_trained,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "default_bert_path",
     "load_tokenizer",
     "region_locations",
+    "itc_projections_trained",
 ]

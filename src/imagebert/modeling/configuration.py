@@ -45,8 +45,20 @@ class ImageBertConfig(BertConfig):
     sep_token_id: int = 102
     # UNCONFIRMED: whether the two region projections carry a bias.
     visual_projection_bias: bool = True
+    # Beyond the paper (see docs/training.md, "Why ITM did not learn"): how raw region features are normalised
+    # before the projection. "standardize" subtracts a per-dimension mean and divides by a per-dimension std that
+    # are measured on the training store and saved with the model (buffers `region_feature_mean/std`), so features
+    # of any scale and any shared offset (bottom-up-attention's 2048-d ReLU features, EfficientNet's 1280-d ones)
+    # reach the encoder alike; "none" feeds them raw (the paper's text). An all-zero row (a masked region) stays 0.
+    region_feature_norm: str = "standardize"
+    # Beyond the paper (UNITER's choice): a LayerNorm after each region projection (feature, location), so the
+    # region embeddings enter BERT's embedding LayerNorm at the scale of word embeddings.
+    region_embedding_layernorm: bool = True
     # UNCONFIRMED: ITM reads BERT's pooler (dense + tanh on [CLS]) like NSP, rather than the raw [CLS] vector.
     itm_use_pooler: bool = True
+    # Beyond the paper: the ITM head also reads the product of the joint pass's mean word and mean region states
+    # (see ImageBertForPreTraining's ITM readout and docs/training.md); false = the paper's head.
+    itm_match_features: bool = True
     # UNCONFIRMED: MRFR squared error averaged over feature dimensions ("mean") or summed ("sum").
     mrfr_reduction: str = "mean"
     # Which pre-training tasks contribute to the loss, and with what weight (paper: plain sum of the four).
@@ -63,6 +75,9 @@ class ImageBertConfig(BertConfig):
     loss_weight_itc: float = 1.0
     itc_dim: int = 256
     itc_temperature: float = 0.07
+    # Bookkeeping: optimizer steps in which the contrastive projections received a loss (pre-training with
+    # task_itc, or fine-tuning with loss.itc > 0). 0 means they are untrained and fast retrieval refuses them.
+    itc_trained_steps: int = 0
     # Check inputs for NaN/inf and out-of-range shapes in forward (one host sync per call).
     validate_inputs: bool = True
 
@@ -81,6 +96,11 @@ class ImageBertConfig(BertConfig):
         if self.mrfr_reduction not in ("mean", "sum"):
             raise ValueError(
                 f"ImageBertConfig: mrfr_reduction must be 'mean' or 'sum', got {self.mrfr_reduction!r}"
+            )
+        if self.region_feature_norm not in ("none", "standardize"):
+            raise ValueError(
+                "ImageBertConfig: region_feature_norm must be 'none' or 'standardize', "
+                f"got {self.region_feature_norm!r}"
             )
         if self.location_dim != 5:
             raise ValueError(

@@ -94,6 +94,14 @@ class ImageBertPreTrainedModel(PreTrainedModel):
             with torch.no_grad():
                 module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
                 module.token_type_ids.zero_()
+        if isinstance(module, _ItmReadout) and module.match is not None:
+            with torch.no_grad():  # zero: a checkpoint saved without this readout scores exactly as before
+                module.match.weight.zero_()
+                module.match.bias.zero_()
+        if isinstance(module, ImageBertModel):
+            with torch.no_grad():  # identity statistics, for checkpoints saved before they existed
+                module.region_feature_mean.zero_()
+                module.region_feature_std.fill_(1.0)
         if isinstance(module, _ContrastiveMixin) and hasattr(module, "itc_logit_scale"):
             with torch.no_grad():
                 module.itc_logit_scale.fill_(math.log(1.0 / self.config.itc_temperature))
@@ -171,7 +179,51 @@ class ImageBertModel(ImageBertPreTrainedModel):
         bias = config.visual_projection_bias
         self.region_feature_proj = nn.Linear(config.visual_feature_dim, config.hidden_size, bias=bias)
         self.region_location_proj = nn.Linear(config.location_dim, config.hidden_size, bias=bias)
+        if config.region_embedding_layernorm:
+            self.region_feature_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.region_location_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Per-dimension statistics of the training features (identity until `set_region_feature_stats`).
+        self.register_buffer("region_feature_mean", torch.zeros(config.visual_feature_dim))
+        self.register_buffer("region_feature_std", torch.ones(config.visual_feature_dim))
         self.post_init()
+
+    @property
+    def region_feature_stats_set(self) -> bool:
+        """Whether standardisation statistics were measured (the identity buffers mean they were not)."""
+        return bool((self.region_feature_mean != 0).any() or (self.region_feature_std != 1).any())
+
+    def set_region_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Install the per-dimension mean and std of the training features (used when
+        `region_feature_norm == "standardize"`); std is floored so constant dimensions do not blow up."""
+        dim = self.config.visual_feature_dim
+        mean, std = torch.as_tensor(mean).float().reshape(-1), torch.as_tensor(std).float().reshape(-1)
+        if mean.numel() != dim or std.numel() != dim:
+            raise ValueError(f"feature statistics must have {dim} values, got {mean.numel()} / {std.numel()}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("feature statistics contain NaN/inf")
+        floor = max(float(std.mean()) * 1e-2, 1e-6)
+        with torch.no_grad():
+            self.region_feature_mean.copy_(mean)
+            self.region_feature_std.copy_(std.clamp(min=floor))
+
+    def normalize_region_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Raw features -> the encoder's input space (float32). An all-zero row (a masked region, as the paper
+        zeroes them) stays zero; "none" returns the features unchanged."""
+        features = features.float()
+        if self.config.region_feature_norm == "none":
+            return features
+        zero = (features == 0).all(dim=-1, keepdim=True)
+        out = (features - self.region_feature_mean) / self.region_feature_std
+        return out.masked_fill(zero, 0.0)
+
+    def embed_regions(self, region_features: torch.Tensor, region_locations: torch.Tensor) -> torch.Tensor:
+        """Projected region embedding (before BERT's embedding LayerNorm): feature part + location part."""
+        dtype = self.region_feature_proj.weight.dtype
+        feats = self.region_feature_proj(self.normalize_region_features(region_features).to(dtype))
+        locs = self.region_location_proj(region_locations.to(dtype))
+        if self.config.region_embedding_layernorm:
+            feats, locs = self.region_feature_norm(feats), self.region_location_norm(locs)
+        return feats + locs
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.word_embeddings
@@ -270,12 +322,8 @@ class ImageBertModel(ImageBertPreTrainedModel):
             num_regions = region_features.shape[1]
             if region_mask is None:
                 region_mask = torch.ones(region_features.shape[:2], dtype=torch.long, device=device)
-            proj_dtype = self.region_feature_proj.weight.dtype
-            region_embed = self.region_feature_proj(
-                region_features.to(proj_dtype)
-            ) + self.region_location_proj(region_locations.to(proj_dtype))
             add(
-                region_embed,
+                self.embed_regions(region_features, region_locations),
                 torch.full((1, 1), REGION_POSITION_ID, device=device),
                 SEGMENT_IMAGE,
                 region_mask,
@@ -318,6 +366,20 @@ class ImageBertModel(ImageBertPreTrainedModel):
         )
 
 
+def itc_projections_trained(config: ImageBertConfig) -> bool:
+    """Whether the contrastive projections ever received a loss (`itc_trained_steps` > 0). The paper's recipe
+    never trains them, so ranking with them is close to random."""
+    return int(getattr(config, "itc_trained_steps", 0) or 0) > 0
+
+
+UNTRAINED_ITC_MESSAGE = (
+    "the checkpoint's contrastive (ITC) projections were never trained (config itc_trained_steps = 0), so a "
+    "first stage ranked with them would be close to random. Pre-train with the fifth task on "
+    "(`--set model.task_itc=true`, as configs/pretrain/demo_cpu.yaml does) or fine-tune with `--set loss.itc=1.0`, "
+    "or use `--mode exhaustive`"
+)
+
+
 class _ContrastiveMixin:
     """Single-modality embeddings from the same encoder, for the image-text contrastive task and fast retrieval."""
 
@@ -351,8 +413,36 @@ class _ContrastiveMixin:
         return F.normalize(self.itc_image_proj(out.cls_hidden_state).float(), dim=-1)
 
 
-def _itm_input(config: ImageBertConfig, out: ImageBertModelOutput) -> torch.Tensor:
-    return out.pooler_output if config.itm_use_pooler else out.cls_hidden_state
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return hidden.mean(dim=1)
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class _ItmReadout(nn.Module):
+    """What the ITM (and retrieval score) head reads: the pooler or `[CLS]` (the paper), plus, when
+    `itm_match_features` is on, a projection of the elementwise product of the joint pass's mean word state and
+    mean region state. The product gives the head a multiplicative text-image interaction from the first step;
+    without it a match must first emerge in attention, which sat at chance for hundreds of steps (see
+    docs/training.md, "Why ITM did not learn")."""
+
+    def __init__(self, config: ImageBertConfig) -> None:
+        super().__init__()
+        self.use_pooler = config.itm_use_pooler
+        self.match = nn.Linear(config.hidden_size, config.hidden_size) if config.itm_match_features else None
+
+    def forward(
+        self, out: ImageBertModelOutput, attention_mask: torch.Tensor | None, region_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = out.pooler_output if self.use_pooler else out.cls_hidden_state
+        if self.match is None or out.region_hidden_states is None or out.text_hidden_states is None:
+            return x
+        words = out.text_hidden_states[:, 1:]
+        word_mask = None if attention_mask is None else attention_mask[:, 1:]
+        text = _masked_mean(words, word_mask)
+        image = _masked_mean(out.region_hidden_states, region_mask)
+        return x + self.match(text * image)
 
 
 class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
@@ -367,6 +457,7 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
         self.imagebert = ImageBertModel(config)
         self.mlm_head = MaskedLanguageModelHead(config, self.imagebert.embeddings.word_embeddings)
         self.region_heads = RegionHeads(config)
+        self.itm_readout = _ItmReadout(config)
         self.itm_head = nn.Linear(config.hidden_size, 1)
         self._init_contrastive(config)
         self.post_init()
@@ -416,11 +507,14 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
                 ) / where.sum().clamp(min=1)
             if cfg.task_mrfr and mrfr_targets is not None:
                 pred = self.region_heads.mrfr(out.region_hidden_states[masked]).float()
-                sq = (pred - mrfr_targets[masked].float()).pow(2)
+                # regress the features as the encoder sees them (standardised), so the loss has one scale for
+                # any feature type instead of growing with the detector's feature norms
+                target = self.imagebert.normalize_region_features(mrfr_targets[masked])
+                sq = (pred - target).pow(2)
                 per_region = sq.mean(-1) if cfg.mrfr_reduction == "mean" else sq.sum(-1)
                 losses["mrfr"] = per_region.sum() / masked.sum().clamp(min=1)
 
-        itm_logits = self.itm_head(_itm_input(cfg, out)).squeeze(-1).float()
+        itm_logits = self.itm_head(self.itm_readout(out, attention_mask, region_mask)).squeeze(-1).float()
         if cfg.task_itm and itm_labels is not None:
             losses["itm"] = F.binary_cross_entropy_with_logits(itm_logits, itm_labels.float())
 
@@ -465,6 +559,7 @@ class ImageBertForRetrieval(_ContrastiveMixin, ImageBertPreTrainedModel):
     def __init__(self, config: ImageBertConfig) -> None:
         super().__init__(config)
         self.imagebert = ImageBertModel(config)
+        self.itm_readout = _ItmReadout(config)
         self.itm_head = nn.Linear(config.hidden_size, 1)
         self._init_contrastive(config)
         self.post_init()
@@ -479,6 +574,6 @@ class ImageBertForRetrieval(_ContrastiveMixin, ImageBertPreTrainedModel):
         labels: torch.Tensor | None = None,
     ) -> ImageBertRetrievalOutput:
         out = self.imagebert(input_ids, attention_mask, region_features, region_locations, region_mask)
-        scores = self.itm_head(_itm_input(self.config, out)).squeeze(-1).float()
+        scores = self.itm_head(self.itm_readout(out, attention_mask, region_mask)).squeeze(-1).float()
         loss = F.binary_cross_entropy_with_logits(scores, labels.float()) if labels is not None else None
         return ImageBertRetrievalOutput(scores=scores, loss=loss)

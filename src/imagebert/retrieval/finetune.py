@@ -26,6 +26,7 @@ from torch import nn
 from imagebert.config_utils import ConfigError, load_config, to_dict
 from imagebert.retrieval.losses import LossWeights, contrastive_loss, retrieval_loss
 from imagebert.retrieval.mining import select_hard
+from imagebert.training.feature_stats import install_feature_stats, resolve_auto_sizes
 from imagebert.training.trainer import TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,15 @@ class NegativesConfig:
     num_negatives: int = 3
     pool_size: int = 16  # candidate images and captions drawn per batch (shared by its positives)
     hard: bool = False  # online hard-negative mining over the pool (not in the paper)
+    # Mining from a model that cannot rank yet picks noise (it stalled the demo): random negatives until this
+    # optimizer step, mined ones after it.
+    hard_start_step: int = 0
+    # What ranks the pool: "model" = the cross-encoder's own scores (2 x B x pool extra forwards without
+    # gradients), "itc" = the contrastive first stage (B + pool single-modality passes; needs trained ITC).
+    hard_source: str = "model"
+    # 0 = take the top-scoring wrong candidates; > 0 = draw them without replacement with probability
+    # proportional to exp(score / T), as ALBEF samples by similarity (less brittle when the pool has near-copies).
+    hard_temperature: float = 0.0
 
 
 @dataclass
@@ -106,6 +116,10 @@ def validate_config(cfg: FinetuneConfig) -> None:
             f"negatives.pool_size ({n.pool_size}) must be >= num_negatives + 1 ({n.num_negatives + 1}): one pool "
             "item may be the positive's own image"
         )
+    if n.hard_source not in ("model", "itc"):
+        raise ConfigError(f"negatives.hard_source must be 'model' or 'itc', got {n.hard_source!r}")
+    if n.hard_start_step < 0 or n.hard_temperature < 0:
+        raise ConfigError("negatives.hard_start_step and negatives.hard_temperature must be >= 0")
     w = cfg.loss
     if min(w.bce, w.ce, w.triplet, w.itc) < 0 or (w.bce + w.ce + w.triplet + w.itc) == 0:
         raise ConfigError("loss: weights must be >= 0 and at least one > 0")
@@ -142,6 +156,7 @@ class RetrievalTask:
         index = {im: i for i, im in enumerate(self.image_ids)}
         self.caption_image = np.array([index[c.image_id] for c in dataset.captions], dtype=np.int64)
         self.captions_of = [dataset.captions_of(im) for im in self.image_ids]
+        self.current_step = 0
         if len(self.image_ids) < negatives.pool_size + 1:
             raise ConfigError(
                 f"negatives.pool_size={negatives.pool_size} needs at least {negatives.pool_size + 1} training "
@@ -175,11 +190,16 @@ class RetrievalTask:
             "img_wrong": torch.from_numpy(img_wrong),
             "cap_wrong": torch.from_numpy(cap_wrong),
         }
-        if not self.neg.hard:
-            k = self.neg.num_negatives
-            batch["neg_img"] = torch.from_numpy(self._random_wrong(rng, img_wrong, k))
-            batch["neg_cap"] = torch.from_numpy(self._random_wrong(rng, cap_wrong, k))
+        # random negatives always travel with the batch: they are used before `hard_start_step`
+        k = self.neg.num_negatives
+        batch["neg_img"] = torch.from_numpy(self._random_wrong(rng, img_wrong, k))
+        batch["neg_cap"] = torch.from_numpy(self._random_wrong(rng, cap_wrong, k))
+        batch["mine_seed"] = torch.tensor([int(rng.integers(0, 2**62))])
         return batch
+
+    def mining_active(self) -> bool:
+        """Whether this step trains on mined negatives (`current_step` is set by the Trainer)."""
+        return self.neg.hard and self.current_step >= self.neg.hard_start_step
 
     @staticmethod
     def _random_wrong(rng: np.random.Generator, wrong: np.ndarray, k: int) -> np.ndarray:
@@ -218,20 +238,33 @@ class RetrievalTask:
         was_training = core.training
         core.eval()
         try:
-            scores = []
-            # caption b against the pool images, then image b against the pool captions
-            for text_rows, image_rows in ((rows, pool), (pool, rows)):
-                out = []
-                for s in range(0, len(rows), chunk):
-                    inp = self._pair_inputs(batch, text_rows[s : s + chunk], image_rows[s : s + chunk])
-                    out.append(core(**inp).scores.float())
-                scores.append(torch.cat(out).view(b, m))
+            if self.neg.hard_source == "itc":
+                scores = self._itc_pool_scores(core, batch, b, m)
+            else:
+                scores = []
+                # caption b against the pool images, then image b against the pool captions
+                for text_rows, image_rows in ((rows, pool), (pool, rows)):
+                    out = []
+                    for s in range(0, len(rows), chunk):
+                        inp = self._pair_inputs(batch, text_rows[s : s + chunk], image_rows[s : s + chunk])
+                        out.append(core(**inp).scores.float())
+                    scores.append(torch.cat(out).view(b, m))
         finally:
             core.train(was_training)
         k = self.neg.num_negatives
-        neg_img = select_hard(scores[0], batch["img_wrong"], k)
-        neg_cap = select_hard(scores[1], batch["cap_wrong"], k)
+        temperature = self.neg.hard_temperature
+        gen = torch.Generator().manual_seed(int(batch["mine_seed"].reshape(-1)[0]))
+        neg_img = select_hard(scores[0], batch["img_wrong"], k, temperature=temperature, generator=gen)
+        neg_cap = select_hard(scores[1], batch["cap_wrong"], k, temperature=temperature, generator=gen)
         return torch.from_numpy(neg_img).to(dev), torch.from_numpy(neg_cap).to(dev)
+
+    def _itc_pool_scores(self, core: nn.Module, batch: dict[str, Any], b: int, m: int) -> list[torch.Tensor]:
+        """Contrastive similarities: positives' captions vs pool images, positives' images vs pool captions."""
+        everything = torch.arange(b + m, device=batch["input_ids"].device)
+        inp = self._pair_inputs(batch, everything, everything)
+        text = core.encode_text(inp["input_ids"], inp["attention_mask"])
+        image = core.encode_image(inp["region_features"], inp["region_locations"], inp["region_mask"])
+        return [text[:b] @ image[b:].t(), image[:b] @ text[b:].t()]
 
     def compute_loss(
         self, model: nn.Module, batch: dict[str, Any]
@@ -239,7 +272,7 @@ class RetrievalTask:
         core = model.module if hasattr(model, "module") else model
         b = batch["pos_index"].shape[0]
         dev = batch["input_ids"].device
-        if self.neg.hard:
+        if self.mining_active():
             neg_img, neg_cap = self.mine(core, batch)
         else:
             neg_img, neg_cap = batch["neg_img"].to(dev), batch["neg_cap"].to(dev)
@@ -366,15 +399,21 @@ def run_finetuning(
         if config.init_checkpoint:
             model = ImageBertForRetrieval.from_pretrained(config.init_checkpoint)
             for key, value in config.model.items():
-                setattr(model.config, key, value)
+                if value != "auto":  # sizes come from the checkpoint
+                    setattr(model.config, key, value)
             ck = Path(config.init_checkpoint)
             tokenizer = load_tokenizer(
                 ck if (ck / "vocab.txt").is_file() or (ck / "tokenizer.json").is_file() else None
             )
         else:
             bert = Path(config.init_from_bert) if config.init_from_bert else default_bert_path()
-            model = ImageBertForRetrieval.init_from_bert(bert, **config.model)
+            sizes = resolve_auto_sizes(
+                config.model, [train_dataset], f"dataset {config.dataset or ''}".strip()
+            )
+            model = ImageBertForRetrieval.init_from_bert(bert, **sizes)
             tokenizer = load_tokenizer(bert)
+        # a checkpoint from before standardisation existed, or a fresh BERT start, measures it on this data
+        install_feature_stats(model, [train_dataset])
         mc = model.config
         collator = PairCollator(tokenizer, max_text_tokens=mc.max_text_tokens, max_regions=mc.max_regions,
                                 feature_dim=mc.visual_feature_dim, truncate_regions=True)  # fmt: skip
@@ -403,6 +442,8 @@ def run_finetuning(
             extra_meta={"task": "retrieval-finetune"},
         )
         keeper.trainer = trainer
+        if config.loss.itc > 0:
+            model.config.itc_trained_steps = int(model.config.itc_trained_steps) + trainer.total_steps
         final = trainer.train(resume_from=resume)
         best = out / "best"
         return best if best.is_dir() else final

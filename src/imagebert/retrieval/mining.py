@@ -38,13 +38,29 @@ def sample_negative_captions(
 
 
 def select_hard(
-    scores: torch.Tensor | np.ndarray, is_wrong: torch.Tensor | np.ndarray, keep: int
+    scores: torch.Tensor | np.ndarray,
+    is_wrong: torch.Tensor | np.ndarray,
+    keep: int,
+    *,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> np.ndarray:
-    """Per row, the indices of the `keep` highest-scoring wrong candidates (ties: lower index first).
+    """Per row, the indices of the `keep` highest-scoring wrong candidates (ties: lower index first); with
+    `temperature` > 0, `keep` wrong candidates drawn without replacement with p proportional to exp(score / T).
 
     scores, is_wrong: [B, pool]. Right candidates (is_wrong False) are never selected; a row with fewer than
     `keep` wrong candidates raises, since repeating one would silently weaken the batch.
     """
+    if temperature > 0:
+        s = torch.as_tensor(scores, dtype=torch.float32).detach().cpu()
+        w = torch.as_tensor(is_wrong).cpu().bool()
+        if s.shape != w.shape:
+            raise ValueError(f"scores {tuple(s.shape)} and is_wrong {tuple(w.shape)} differ in shape")
+        if (w.sum(dim=1) < keep).any():
+            raise ValueError(f"a row has fewer than {keep} wrong candidates")
+        logits = (s / temperature).masked_fill(~w, float("-inf"))
+        probs = torch.softmax(logits - logits.max(dim=1, keepdim=True).values, dim=1)
+        return torch.multinomial(probs, keep, replacement=False, generator=generator).numpy()
     s = torch.as_tensor(scores, dtype=torch.float32).detach().cpu().numpy()
     w = np.asarray(torch.as_tensor(is_wrong).cpu().numpy(), dtype=bool)
     if s.shape != w.shape:

@@ -193,8 +193,17 @@ def embed_gallery(
     device: str | torch.device = "cpu",
     precision: str = "auto",
     batch_size: int = 256,
+    allow_untrained: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """First-stage embeddings: (texts [C, E], images [I, E]) from the model's text-only and image-only passes."""
+    """First-stage embeddings: (texts [C, E], images [I, E]) from the model's text-only and image-only passes.
+
+    Refuses (ConfigError) a model whose contrastive projections were never trained, unless `allow_untrained`."""
+    from imagebert.modeling.model import UNTRAINED_ITC_MESSAGE, itc_projections_trained
+
+    if not allow_untrained and not itc_projections_trained(model.config):
+        from imagebert.config_utils import ConfigError
+
+        raise ConfigError(f"fast mode: {UNTRAINED_ITC_MESSAGE}")
     device = torch.device(device)
     dtype = resolve_precision(precision, device)
     was_training = model.training

@@ -23,6 +23,7 @@ from imagebert.config_utils import ConfigError, to_dict
 from imagebert.data.masking import MaskingConfig, TextMasker, mask_regions
 from imagebert.training import checkpoint as ckpt
 from imagebert.training.distributed import DistInfo, init_distributed, shutdown
+from imagebert.training.feature_stats import AUTO_SIZED, install_feature_stats, resolve_auto_sizes
 from imagebert.training.pairs import PairPool, dataset_feature_dim
 from imagebert.training.trainer import Trainer, TrainerConfig
 
@@ -123,11 +124,13 @@ def validate_config(cfg: PretrainConfig, *, check_paths: bool = True) -> None:
     if not cfg.stages:
         raise ConfigError("stages: list at least one stage")
     fields = set(ImageBertConfig.__dataclass_fields__)
-    for key in cfg.model:
+    for key, value in cfg.model.items():
         if key not in fields:
             raise ConfigError(
                 f"unknown config key 'model.{key}'; see imagebert.modeling.ImageBertConfig for the fields"
             )
+        if value == "auto" and key not in AUTO_SIZED:
+            raise ConfigError(f"model.{key}: 'auto' is only allowed for {', '.join(AUTO_SIZED)}")
     if cfg.init_from_bert and cfg.init_from_checkpoint:
         raise ConfigError("set at most one of 'init_from_bert' and 'init_from_checkpoint'")
     if not 0 <= cfg.itm.negative_ratio < 1:
@@ -160,7 +163,7 @@ class PretrainTask:
 
     MODEL_KEYS = (
         "input_ids", "attention_mask", "region_features", "region_locations", "region_mask", "mlm_labels",
-        "region_masked", "moc_labels", "mrfr_targets", "itm_labels",
+        "region_masked", "moc_labels", "mrfr_targets", "itm_labels", "itc_input_ids", "itc_attention_mask",
     )  # fmt: skip
 
     def __init__(
@@ -172,6 +175,12 @@ class PretrainTask:
         self.itm = itm
         self.masking = masking
         self.use_itm = bool(getattr(model_config, "task_itm", True)) and itm.negative_ratio > 0
+        self.use_itc = bool(getattr(model_config, "task_itc", False))
+        # Chance-level losses for the learning-health monitor: ITM's constant-prediction BCE at this negative rate.
+        p = itm.negative_ratio
+        self.chance_losses = (
+            {"itm": -(p * math.log(p) + (1 - p) * math.log(1 - p))} if self.use_itm and 0 < p < 1 else {}
+        )
         self.collator = PairCollator(
             tokenizer,
             max_text_tokens=model_config.max_text_tokens,
@@ -208,6 +217,9 @@ class PretrainTask:
     def build_batch(self, items: list[tuple[int, Any, Any]], generator: torch.Generator) -> dict[str, Any]:
         pairs, labels = self.choose_pairs(items, generator)
         batch = self.collator(pairs)
+        if self.use_itc:  # the contrastive passes read the words before masking
+            batch["itc_input_ids"] = batch["input_ids"].clone()
+            batch["itc_attention_mask"] = batch["attention_mask"]
         batch["input_ids"], batch["mlm_labels"] = self.text_masker(
             batch["input_ids"], batch["attention_mask"], generator
         )
@@ -234,6 +246,9 @@ class PretrainTask:
             for name in ("mlm", "moc", "mrfr", "itm", "itc")
             if getattr(out, f"{name}_loss", None) is not None
         }
+        if "itm" in parts and out.itm_logits is not None:
+            labels = batch["itm_labels"].to(out.itm_logits.device)
+            parts["itm_acc"] = ((out.itm_logits.detach() > 0).long() == labels).float().mean()
         return out.loss, parts
 
 
@@ -257,6 +272,8 @@ def load_stage_datasets(stage: StageConfig) -> list[Any]:
 def _apply_switches(model: nn.Module, overrides: dict[str, Any], source: str) -> None:
     """On a loaded ImageBERT checkpoint only task switches / weights may change; architecture must match."""
     for key, value in overrides.items():
+        if value == "auto":  # sizes come from the checkpoint
+            continue
         if key.startswith(_SWITCHABLE) or key in _SWITCHABLE:
             setattr(model.config, key, value)
         elif getattr(model.config, key, None) != value:
@@ -355,9 +372,12 @@ def run_pretraining(
                 _apply_switches(model, config.model, config.init_from_checkpoint)
             else:
                 # the model inserts [SEP] itself: take its id from the tokenizer unless the config says otherwise
-                overrides = {**_token_ids(tokenizer), **config.model}
+                model_cfg = resolve_auto_sizes(config.model, datasets, f"stage '{stage.name}'")
+                overrides = {**_token_ids(tokenizer), **model_cfg}
                 model = ImageBertForPreTraining.init_from_bert(bert_dir, **overrides)
             _check_dims(model.config, datasets, stage)
+            # standardisation statistics come from the first stage's data and then travel with the weights
+            install_feature_stats(model, datasets)
             pool = PairPool(datasets)
             task = PretrainTask(pool, tokenizer, model.config, config.masking, config.itm)
             tcfg = stage_trainer_config(config, stage)
@@ -377,6 +397,9 @@ def run_pretraining(
                 extra_save=tokenizer.save_pretrained,
                 extra_meta={"num_stages": len(config.stages)},
             )
+            if model.config.task_itc and model.config.loss_weight_itc > 0:
+                # recorded before the first checkpoint so every checkpoint of this stage says so
+                model.config.itc_trained_steps = int(model.config.itc_trained_steps) + trainer.total_steps
             if info.is_main:
                 log.info("stage %d/%d '%s': %d pairs, %d steps", index + 1, len(config.stages), stage.name,
                          len(pool), trainer.total_steps)  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,8 +27,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from imagebert.training import checkpoint as ckpt
 from imagebert.training.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier
+from imagebert.training.health import ChanceMonitor
 from imagebert.training.optim import build_optimizer, build_scheduler
 from imagebert.training.sampler import ShardedBatchSampler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +66,10 @@ class TrainerConfig:
     ddp_find_unused_parameters: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms (GPU kernels); CPU is deterministic
     num_threads: int | None = None  # torch intra-op threads; None = torch's default
+    # Learning health: warn when a task's mean loss over this many steps is still within `chance_tolerance`
+    # (relative) of its chance level (tasks that declare one, e.g. ITM at ln 2). 0 turns the check off.
+    chance_warning_steps: int = 100
+    chance_tolerance: float = 0.03
 
     def validate(self, prefix: str = "training") -> None:
         from imagebert.config_utils import ConfigError
@@ -81,6 +89,8 @@ class TrainerConfig:
             raise ConfigError(f"{prefix}.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
         if len(self.adam_betas) != 2:
             raise ConfigError(f"{prefix}.adam_betas must have two values")
+        if self.chance_warning_steps < 0:
+            raise ConfigError(f"{prefix}.chance_warning_steps must be >= 0, got {self.chance_warning_steps}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"{prefix}.precision must be fp32, bf16 or fp16, got {self.precision!r}")
 
@@ -232,6 +242,9 @@ class Trainer:
         self.batch_in_epoch = 0
         self.metrics_file = self.out_dir / "metrics.jsonl"
         self._writer = None
+        self.health = ChanceMonitor(
+            getattr(task, "chance_losses", {}), config.chance_warning_steps, config.chance_tolerance
+        )
 
     # ----------------------------------------------------------------- state
     def _trainer_state(self) -> dict[str, Any]:
@@ -395,6 +408,8 @@ class Trainer:
                 step_parts: dict[str, float] = {}
                 step_loss = 0.0
                 step_samples = 0
+                if hasattr(self.task, "current_step"):  # tasks whose behaviour follows a schedule
+                    self.task.current_step = self.step
                 for k in range(cfg.grad_accum_steps):
                     epoch, b, batch = next(batches)
                     batch = _to_device(batch, self.device)
@@ -434,6 +449,13 @@ class Trainer:
                 steps_since += 1
                 for n, v in [("loss", step_loss), *step_parts.items()]:
                     sums[n] = sums.get(n, 0.0) + v
+                for warning in self.health.update(self.step, step_parts):
+                    if self.dist.is_main:
+                        if bar.disable:
+                            log.warning(warning.message())
+                        else:
+                            bar.write(warning.message())
+                        self.health.write(self.out_dir / "health.json")
 
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     elapsed = max(time.perf_counter() - t_last, 1e-9)
@@ -443,7 +465,7 @@ class Trainer:
                         "epoch": self.epoch,
                         "lr": lr,
                         "loss": step_loss,
-                        **{f"loss_{n}": v for n, v in step_parts.items()},
+                        **{_metric_name(n): v for n, v in step_parts.items()},
                         "loss_avg": sums["loss"] / steps_since,
                         "grad_norm": grad_norm,
                         "samples_per_s": samples_since / elapsed,
@@ -469,6 +491,8 @@ class Trainer:
             bar.close()
             if self._writer is not None:
                 self._writer.flush()
+        if self.dist.is_main and self.health.chance:
+            self.health.write(self.out_dir / "health.json")
         checksums = self._replica_checksums()
         self.extra_meta = {**self.extra_meta, "replica_checksums": checksums}
         final = self.save_checkpoint("final", final=True, reason="final")
@@ -558,6 +582,11 @@ class Trainer:
         with torch.no_grad():
             total = sum(float(p.detach().double().sum()) for p in self.model.parameters())
         return all_gather_object(self.dist, total)
+
+
+def _metric_name(part: str) -> str:
+    """Loss parts are logged as `loss_<name>`; accuracies (`<name>_acc`) under their own name."""
+    return part if part.endswith("_acc") else f"loss_{part}"
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
