@@ -22,12 +22,23 @@ def test_demo_pipeline_runs_end_to_end_on_a_tiny_corpus(tmp_path, tiny_bert_path
         finetune_steps=3,
         finetune_batch=2,
         examples=1,
+        fast_ks=(2,),
+        detector_pretrain_steps=2,
+        detector_finetune_steps=2,
     )
     report = run_demo(tmp_path / "demo", settings, bert_path=tiny_bert_path, log=lambda _: None)
     text = report.read_text()
     assert "| chance |" in text and "fine-tuned" in text
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert len(summary) == 4
+    assert len(summary) == 6  # chance, words, zero-shot, fine-tuned, and both again on detector-like features
+    assert "detector-like features: fine-tuned" in summary
+    assert "## Learning health (pre-training)" in text and "| EfficientNet features |" in text
+    assert "| fast k=2 |" in text  # fast mode measured beside exhaustive on the fine-tuned checkpoint
+    from imagebert.data.store import FeatureStore
+
+    det_store = FeatureStore(tmp_path / "demo" / "detector" / "features")
+    assert det_store.feature_dim == 2048 and len(det_store) == 20
+    assert (det_store[det_store.ids()[0]].features >= 0).all()
     for row in summary.values():
         assert set(row) == {"ir_r1", "ir_r5", "ir_r10", "tr_r1", "tr_r5", "tr_r10"}
         assert all(0.0 <= v <= 100.0 for v in row.values())

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagebert.data.types import Caption, RegionRecord
-from imagebert.training.pairs import InMemoryPairDataset, PairPool
+from imagebert.training.pairs import PairPool
 
 from .conftest import WORDS
 
@@ -22,28 +21,10 @@ DIM = 64
 TOPICS = WORDS[1:12]
 
 
-def detector_like_corpus(num_images: int = 60, seed: int = 0, shuffle_captions: bool = False):
-    rng = np.random.default_rng(seed)
-    patterns = np.where(rng.random((len(TOPICS), DIM)) < 0.2, rng.normal(0, 3, (len(TOPICS), DIM)), 0.0)
-    shared = 20.0 * np.abs(rng.normal(0, 1, DIM))
-    records, captions = [], []
-    for i in range(num_images):
-        t = rng.choice(len(TOPICS), size=2, replace=False)
-        feats = np.stack([shared + patterns[t[k % 2]] + rng.normal(0, 1, DIM) for k in range(4)])
-        x1, y1 = rng.uniform(0, 50, 4), rng.uniform(0, 50, 4)
-        boxes = np.stack([x1, y1, x1 + 20, y1 + 20], 1).astype(np.float32)
-        classes = np.array([t[k % 2] for k in range(4)], dtype=np.int64)
-        records.append(
-            RegionRecord(f"img{i:03d}", np.maximum(feats, 0).astype(np.float32), boxes, 120, 110, classes)
-        )
-        for c in range(3):
-            a, b = (t[0], t[1]) if c % 2 == 0 else (t[1], t[0])
-            captions.append(Caption(f"img{i:03d}", f"a {TOPICS[a]} with a {TOPICS[b]}", f"img{i:03d}#{c}"))
-    if shuffle_captions:  # captions no longer describe their image: nothing to match
-        texts = [c.text for c in captions]
-        rng.shuffle(texts)
-        captions = [Caption(c.image_id, t, c.caption_id) for c, t in zip(captions, texts)]
-    return InMemoryPairDataset(captions, records)
+def detector_like_corpus(shuffle_captions: bool = False):
+    from imagebert.demo.detector_features import detector_like_pairs
+
+    return detector_like_pairs(TOPICS, dim=DIM, shuffle_captions=shuffle_captions)
 
 
 def _config(tmp_path: Path, bert: Path, steps: int, extra: list[str]):

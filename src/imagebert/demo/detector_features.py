@@ -102,3 +102,34 @@ def write_detector_tsv(
             writer.writerow([row[f] for f in LXMERT_FIELDS])
     tmp.replace(out)
     return out
+
+
+def detector_like_pairs(
+    topics: list[str], num_images: int = 60, dim: int = 64, seed: int = 0, shuffle_captions: bool = False
+):
+    """A small in-memory corpus of the same kind, for tests and quick experiments: each image shows two of
+    `topics` (4 regions, non-negative features with a shared offset ~15x the content part), its 3 captions name
+    both. `shuffle_captions` breaks every caption-image link (nothing left to match)."""
+    from imagebert.data.types import Caption, RegionRecord
+    from imagebert.training.pairs import InMemoryPairDataset
+
+    rng = np.random.default_rng(seed)
+    patterns = _patterns(rng, len(topics), dim, 0.2, 3.0)
+    shared = 20.0 * np.abs(rng.normal(0, 1, dim))
+    records, captions = [], []
+    for i in range(num_images):
+        t = rng.choice(len(topics), size=2, replace=False)
+        feats = np.stack([shared + patterns[t[k % 2]] + rng.normal(0, 1, dim) for k in range(4)])
+        x1, y1 = rng.uniform(0, 50, 4), rng.uniform(0, 50, 4)
+        boxes = np.stack([x1, y1, x1 + 20, y1 + 20], 1).astype(np.float32)
+        classes = np.array([t[k % 2] for k in range(4)], dtype=np.int64)
+        iid = f"img{i:03d}"
+        records.append(RegionRecord(iid, np.maximum(feats, 0).astype(np.float32), boxes, 120, 110, classes))
+        for c in range(3):
+            a, b = (t[0], t[1]) if c % 2 == 0 else (t[1], t[0])
+            captions.append(Caption(iid, f"a {topics[a]} with a {topics[b]}", f"{iid}#{c}"))
+    if shuffle_captions:
+        texts = [c.text for c in captions]
+        rng.shuffle(texts)
+        captions = [Caption(c.image_id, text, c.caption_id) for c, text in zip(captions, texts, strict=True)]
+    return InMemoryPairDataset(captions, records)

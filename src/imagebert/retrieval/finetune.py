@@ -66,8 +66,11 @@ class LossConfig:
 @dataclass
 class ValidationConfig:
     split: str = "val"
-    num_queries: int = 500  # captions (IR) and images (TR) validated; 0 = all
-    num_candidates: int = 19  # sampled wrong candidates per query
+    # > 0: score every pair of this many validation images (seeded) and all their captions, the same R@K as
+    # `imagebert evaluate`; 0: the sampled mode below (queries against a few candidates; R@5/10 saturate)
+    num_images: int = 100
+    num_queries: int = 500  # sampled mode: captions (IR) and images (TR) validated; 0 = all
+    num_candidates: int = 19  # sampled mode: wrong candidates per query
     seed: int = 0
     batch_size: int = 128
     precision: str = "auto"
@@ -108,6 +111,8 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | None = 
 
 def validate_config(cfg: FinetuneConfig) -> None:
     cfg.training.validate("training")
+    if cfg.validation is not None and cfg.validation.num_images < 0:
+        raise ConfigError(f"validation.num_images must be >= 0, got {cfg.validation.num_images}")
     n = cfg.negatives
     if n.num_negatives < 1:
         raise ConfigError(f"negatives.num_negatives must be >= 1, got {n.num_negatives}")
@@ -321,11 +326,13 @@ class _BestKeeper:
         self.trainer: Any = None
 
     def __call__(self, ckpt_dir: Path) -> None:
-        from imagebert.retrieval.validation import run_validation
+        from imagebert.retrieval.validation import GalleryPlan, run_gallery_validation, run_validation
 
         self.tokenizer.save_pretrained(ckpt_dir)
         record: dict[str, Any] = {}
-        if self.plan is not None:
+        if isinstance(self.plan, GalleryPlan):
+            record = run_gallery_validation(self.scorer)
+        elif self.plan is not None:
             record = run_validation(self.scorer, self.plan)
         (ckpt_dir / "validation.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
         (ckpt_dir / RETRIEVAL_META).write_text(
@@ -372,7 +379,7 @@ def run_finetuning(
     from imagebert.modeling import ImageBertForRetrieval, default_bert_path, load_tokenizer
     from imagebert.retrieval.evaluate import gallery_from_dataset
     from imagebert.retrieval.scorers import ModelPairScorer
-    from imagebert.retrieval.validation import make_plan
+    from imagebert.retrieval.validation import make_gallery_plan, make_plan
     from imagebert.training.distributed import init_distributed, shutdown
     from imagebert.training.trainer import Trainer
 
@@ -422,7 +429,11 @@ def run_finetuning(
         if config.validation is not None and info.is_main:
             v = config.validation
             gallery = gallery_from_dataset(val_dataset)
-            plan = make_plan(gallery, v.num_queries, v.num_candidates, v.seed)
+            if v.num_images > 0:
+                plan = make_gallery_plan(gallery, v.num_images, v.seed)
+                gallery = plan.gallery
+            else:
+                plan = make_plan(gallery, v.num_queries, v.num_candidates, v.seed)
             scorer = ModelPairScorer(model, collator, gallery, device=info.device, precision=v.precision,
                                      batch_size=v.batch_size)  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
