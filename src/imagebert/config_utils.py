@@ -149,24 +149,41 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _index(node: list, part: str, item: str, where: str) -> int:
+    if not part.isdigit():
+        raise ConfigError(
+            f"override '{item}': '{where}' is a list; use a number to pick an entry, not '{part}'"
+        )
+    i = int(part)
+    if i >= len(node):
+        valid = f"indices 0..{len(node) - 1}" if node else "it is empty"
+        raise ConfigError(f"override '{item}': '{where}' has {len(node)} entries ({valid}), no index {part}")
+    return i
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply `key.path=value` overrides to a raw mapping (validation happens when the dataclass is built)."""
+    """Apply `key.path=value` overrides to a raw mapping (validation happens when the dataclass is built).
+
+    Lists are indexed by number (`stages.0.steps=3`); a bad index or a name used on a list is a ConfigError."""
     for item in overrides or []:
         path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            if part.isdigit() and isinstance(node, list):
-                node = node[int(part)]
-                continue
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict | list):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
-            node = nxt
+        if any(not p for p in path):
+            raise ConfigError(f"override '{item}': empty key part")
+        node: Any = data
+        for depth, part in enumerate(path[:-1]):
+            where = ".".join(path[:depth]) or "config"
+            if isinstance(node, list):
+                node = node[_index(node, part, item, where)]
+            else:
+                nxt = node.get(part)
+                if nxt is None:
+                    nxt = node[part] = {}
+                node = nxt
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override '{item}': '{'.'.join(path[: depth + 1])}' is not a section")
         last = path[-1]
-        if isinstance(node, list) and last.isdigit():
-            node[int(last)] = value
+        if isinstance(node, list):
+            node[_index(node, last, item, ".".join(path[:-1]))] = value
         else:
             node[last] = value
     return data

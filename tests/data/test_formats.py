@@ -219,7 +219,10 @@ def test_cli_import_info_and_errors(tmp_path, capsys):
     assert main(["features", "info", str(tmp_path / "p")]) == 2
     assert "re-run" in capsys.readouterr().err
     assert main(["features", "import", "--format", "npz-butd", str(tmp_path / "npz"), "--out",
-                 str(tmp_path / "p"), "--allow-pickle"]) == 0  # fmt: skip
+                 str(tmp_path / "p"), "--allow-pickle"]) == 2  # fmt: skip
+    assert "--resume" in capsys.readouterr().err  # the interrupted store is not reused without asking
+    assert main(["features", "import", "--format", "npz-butd", str(tmp_path / "npz"), "--out",
+                 str(tmp_path / "p"), "--allow-pickle", "--resume"]) == 0  # fmt: skip
     assert FeatureStore(tmp_path / "p")[IMGS[0]["image_id"]].class_ids is not None
 
 
@@ -238,7 +241,7 @@ def test_tsv_header_quotes_and_oversized_rows(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="longer than 1000 bytes") as e:
         import_features("butd-tsv", [path], tmp_path / "s2")
     assert e.value.record == 2
-    report = import_features("butd-tsv", [path], tmp_path / "s3", skip_bad=True)
+    report = import_features("butd-tsv", [path], tmp_path / "s3", skip_bad=True, allow_empty=True)
     assert report.skipped == {"too_large": 2} and report.added == 0
 
 

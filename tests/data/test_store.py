@@ -17,7 +17,9 @@ def rec(image_id: str, n: int = 8, d: int = 16, seed: int = 0, classes: bool = T
     return RegionRecord(
         image_id,
         rng.standard_normal((n, d)).astype(np.float32),
-        rng.uniform(0, 300, (n, 4)).astype(np.float32),
+        np.sort(rng.uniform(0, 300, (n, 2, 2)), axis=1)
+        .reshape(n, 4)
+        .astype(np.float32),  # x1 <= x2, y1 <= y2
         640,
         480,
         rng.integers(0, 1600, n) if classes else None,

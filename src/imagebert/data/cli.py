@@ -1,4 +1,4 @@
-"""`imagebert features import|info` and `imagebert datasets check`: bring region features and captions in."""
+"""`imagebert features import|info|verify` and `imagebert datasets check`: bring region features and captions in."""
 
 from __future__ import annotations
 
@@ -20,7 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument(
         "sources", nargs="+", metavar="SRC", help="TSV/HDF5 files, npz files or folders of npz files"
     )
-    imp.add_argument("--out", required=True, help="store folder (created, or resumed when it exists)")
+    imp.add_argument(
+        "--out", required=True, help="store folder (created; an existing one needs --resume or --overwrite)"
+    )
+    again = imp.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="continue an existing (interrupted) store at --out"
+    )
+    again.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
+    imp.add_argument(
+        "--allow-empty", action="store_true", help="accept sources with no records (an empty store)"
+    )
     sel = imp.add_mutually_exclusive_group()
     sel.add_argument("--top-n", type=int, help="keep the N most confident boxes")
     sel.add_argument("--min-conf", type=float, help="keep boxes with confidence >= T ...")
@@ -44,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("store")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
+
+    ver = fsub.add_parser(
+        "verify", help="read every record and check its checksum (exit 1 when any is damaged)"
+    )
+    ver.add_argument("store")
+    ver.add_argument("--json", action="store_true", help="print JSON")
+    ver.set_defaults(func=cmd_verify)
     feats.set_defaults(func=lambda a: (feats.print_help(), 1)[1])
 
     ds = subparsers.add_parser("datasets", help="check a dataset definition (YAML)")
@@ -66,10 +83,24 @@ def cmd_import(args: argparse.Namespace) -> int:
     from imagebert.data.formats import read_image_sizes
     from imagebert.data.importer import import_features
     from imagebert.data.store import BoxSelection
+    from imagebert.rundir import open_run_dir
 
     if args.rejects and not args.skip_bad:
         raise _cli_error(ValueError("--rejects needs --skip-bad"))
+    for flag, value in (
+        ("--top-n", args.top_n),
+        ("--min-boxes", args.min_boxes),
+        ("--max-boxes", args.max_boxes),
+    ):
+        if value is not None and value < 1:
+            raise _cli_error(ValueError(f"{flag} must be >= 1, got {value}"))
+    if args.min_conf is not None and not 0 <= args.min_conf <= 1:
+        raise _cli_error(ValueError(f"--min-conf must lie in [0, 1], got {args.min_conf}"))
     try:
+        lock = open_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, what="feature store")
+        if lock is not None:
+            lock.release()  # the store writer takes its own lock
+
         if args.min_conf is None and (args.min_boxes is not None or args.max_boxes is not None):
             raise ValueError("--min-boxes/--max-boxes only apply with --min-conf")
         if args.min_conf is not None:
@@ -85,7 +116,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         sizes = read_image_sizes(args.image_sizes) if args.image_sizes else None
         report = import_features(
             args.format, args.sources, args.out, box_selection=selection, dtype=args.dtype, skip_bad=args.skip_bad,
-            rejects=args.rejects, allow_pickle=args.allow_pickle, image_sizes=sizes,
+            rejects=args.rejects, allow_pickle=args.allow_pickle, image_sizes=sizes, allow_empty=args.allow_empty,
         )  # fmt: skip
     except (InputError, ValueError) as exc:
         raise _cli_error(exc) from exc
@@ -115,6 +146,29 @@ def cmd_info(args: argparse.Namespace) -> int:
         for key, value in info.items():
             print(f"{key:<{width}}  {value}")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from imagebert.data.store import verify_store
+
+    try:
+        result = verify_store(args.store)
+    except InputError as exc:
+        raise _cli_error(exc) from exc
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        line = f"{result['path']}: {result['records']} records, {result['verified']} checksums match"
+        if result["without_checksum"]:
+            line += f", {result['without_checksum']} without a checksum (written before per-record checksums)"
+        if result["damaged"]:
+            line += f", {result['damaged']} DAMAGED"
+        print(line)
+        if result["damaged_ids"]:
+            print("damaged: " + ", ".join(result["damaged_ids"]), file=sys.stderr)
+        for problem in result["problems"]:
+            print(f"problem: {problem}", file=sys.stderr)
+    return 0 if result["ok"] else 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -203,7 +203,28 @@ def _npz_files(sources: Sequence[Path]) -> Iterator[Path]:
             raise InputError("no such file or folder", path=src)
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _open_npz(path: Path) -> Any:
+    """An npz archive, refused by its first bytes when it is not one: np.load would call random bytes
+    "pickled data" (it falls back to unpickling) and return a bare array for a renamed .npy."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise _err(f"cannot open ({exc.strerror})", path, path.name, None, "unreadable") from None
+    if not magic:
+        raise _err("empty file", path, path.name, None, "unreadable")
+    if magic.startswith(_NPY_MAGIC):
+        raise _err(
+            "a single .npy array, not an .npz archive of named arrays", path, path.name, None, "unreadable"
+        )
+    if magic[:4] not in _ZIP_MAGIC:
+        raise _err(
+            f"not an npz (zip) archive: starts with {magic[:4]!r}", path, path.name, None, "unreadable"
+        )
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:

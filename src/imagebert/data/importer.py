@@ -41,9 +41,14 @@ def import_features(
     allow_pickle: bool = False,
     image_sizes: dict[str, tuple[int, int]] | None = None,
     limit: int | None = None,
+    allow_empty: bool = False,
 ) -> ImportReport:
     """Read `sources` in `fmt` into the store at `out`. `limit` stops after that many new records (tests use it
-    to simulate an interrupted import: the store is left incomplete)."""
+    to simulate an interrupted import: the store is left incomplete).
+
+    A source that yields no usable record is an InputError (the store stays incomplete) unless `allow_empty`.
+    An id seen twice is the same error whether its first copy came in this run or an interrupted earlier one
+    (ids skipped as already present are remembered for the run: about 100 bytes each)."""
     report = ImportReport(rejects_path=None if rejects is None else str(rejects))
     rejects_file = None
     if rejects is not None:
@@ -51,15 +56,17 @@ def import_features(
         rejects_file = open(rejects, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
     writer = FeatureStoreWriter(out, dtype=dtype, box_selection=box_selection)
     interrupted = False
+    resumed: set[str] = set()  # ids found stored by an earlier run, seen once in this run's sources
     try:
         for item in iter_source(fmt, sources, allow_pickle=allow_pickle, image_sizes=image_sizes):
             try:
                 iid = item.image_id
                 if iid and len(iid.encode("utf-8")) <= MAX_ID_BYTES and iid in writer:
-                    if writer.added_this_run(iid):
+                    if writer.added_this_run(iid) or iid in resumed:
                         raise _err(
                             f"duplicate image id {iid!r}", item.path, item.record, "image_id", "duplicate_id"
                         )
+                    resumed.add(iid)
                     report.already_present += 1
                     continue
                 writer.add(item.parse(), path=item.path, where=item.record)
@@ -78,6 +85,13 @@ def import_features(
             if limit is not None and report.added >= limit:
                 interrupted = True
                 break
+        if not interrupted and not allow_empty and int(writer.meta["stats"]["count"]) == 0:
+            skipped = f" ({report.skipped_total} skipped as bad)" if report.skipped_total else ""
+            raise InputError(
+                f"no records to import{skipped}: the source is empty or holds no usable record; the store was "
+                "not marked complete (pass --allow-empty to accept an empty store)",
+                path=", ".join(str(s) for s in sources),
+            )
     except BaseException:
         writer.close(complete=False)
         raise

@@ -7,6 +7,12 @@ readers across processes. Records are numpy raw bytes behind a fixed 32-byte hea
 
 Keys: ``r/<image_id>`` -> record, ``m/meta`` -> JSON (width, dtype, box selection, running statistics),
 ``m/complete`` -> written in the import's last transaction; a store without it is refused.
+
+Integrity: every record written since checksums were added ends in an 8-byte trailer holding the CRC-32 of the image
+id and the record bytes before it (header flag 8); reads verify it, and `imagebert features verify` checks every
+record. Stores written before keep opening (their records have no trailer; verify says so). Before LMDB maps
+`data.mdb` its size is checked against the environment's own header, so a truncated copy is an error rather than a
+bus error. One writer at a time: FeatureStoreWriter holds an exclusive lock (imagebert.runlock) while open.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +31,7 @@ import numpy as np
 
 from imagebert.data.types import RegionRecord
 from imagebert.errors import InputError
+from imagebert.runlock import WriterLock
 
 FORMAT_VERSION = 1
 MAGIC = b"IBR1"
@@ -33,6 +41,10 @@ assert _HEADER.size == 32
 _FLAG_CLASS_IDS = 1
 _FLAG_CONF = 2
 _FLAG_PROBS = 4
+_FLAG_CRC = 8  # an 8-byte trailer: CRC-32 (little-endian uint32) of id + record bytes before it, 4 zero bytes
+_TRAILER = struct.Struct("<II")
+_FP16_MAX = float(np.finfo(np.float16).max)
+_FP32_MAX = float(np.finfo(np.float32).max)
 _DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4")}
 _DTYPE_CODES = {"float16": 1, "float32": 2}
 
@@ -198,6 +210,13 @@ def check_record(record: RegionRecord, *, path: Any = None, where: Any = None) -
     ):
         if arr is not None and arr.dtype.kind == "f" and not _finite(arr):
             raise _err("contains NaN or infinite values", path, rec, name, "non_finite")
+    flipped = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if flipped.any():
+        i = int(np.argmax(flipped))
+        raise _err(
+            f"box {i} {boxes[i].tolist()} has x2 < x1 or y2 < y1 (boxes are x1, y1, x2, y2)",
+            path, rec, "boxes", "bad_box",
+        )  # fmt: skip
     for name, val in (("image_width", record.image_width), ("image_height", record.image_height)):
         try:
             ok = int(val) == val and 0 < int(val) < 2**31
@@ -207,26 +226,62 @@ def check_record(record: RegionRecord, *, path: Any = None, where: Any = None) -
             raise _err(f"{val!r} is not a positive integer", path, rec, name, "bad_value")
 
 
-def encode_record(record: RegionRecord, dtype: str = "float16", run: int = 0) -> bytes:
-    """RegionRecord -> bytes: 32-byte header, then each array's raw little-endian bytes padded to 8 bytes."""
+def _cast_checked(arr: np.ndarray, dtype: str, field: str, path: Any, rec: Any) -> bytes:
+    """`arr` cast to the storage dtype; a finite value that becomes inf there (1e6 in fp16) is an InputError."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(arr).astype(dtype, copy=False)
+    if out.dtype.kind == "f" and np.asarray(arr).dtype.kind in "fiu" and not _finite(out):
+        bad = np.argwhere(~np.isfinite(out))[0]
+        value = np.asarray(arr)[tuple(bad)]
+        at = f"box {bad[0]}" + (f", column {bad[1]}" if len(bad) > 1 else "")
+        limit = _FP16_MAX if np.dtype(dtype).itemsize == 2 else _FP32_MAX
+        hint = "; import with --dtype float32" if field == "features" and limit == _FP16_MAX else ""
+        raise _err(
+            f"value {float(value):g} at {at} is outside the stored {np.dtype(dtype).name} range "
+            f"(|x| <= {limit:g}){hint}",
+            path, rec, field, "out_of_range",
+        )  # fmt: skip
+    return out.tobytes()
+
+
+def _crc(image_id: str, body: bytes | bytearray | memoryview) -> int:
+    return zlib.crc32(body, zlib.crc32(image_id.encode("utf-8")))
+
+
+def encode_record(
+    record: RegionRecord,
+    dtype: str = "float16",
+    run: int = 0,
+    *,
+    image_id: str | None = None,
+    path: Any = None,
+    where: Any = None,
+) -> bytes:
+    """RegionRecord -> bytes: 32-byte header, each array's raw little-endian bytes padded to 8 bytes, then the
+    CRC trailer. Values that do not fit the storage dtype raise InputError naming the field (`path`, `where`)."""
+    image_id = record.image_id if image_id is None else image_id
+    rec = where if where is not None else image_id
     n, d = record.features.shape
     fdt = _DTYPES[_DTYPE_CODES[dtype]]
-    flags = 0
+    flags = _FLAG_CRC
     parts: list[bytes] = [
-        record.features.astype(fdt, copy=False).tobytes(),
-        record.boxes.astype("<f4").tobytes(),
+        _cast_checked(record.features, fdt.str, "features", path, rec),
+        _cast_checked(record.boxes, "<f4", "boxes", path, rec),
     ]
     if record.class_ids is not None:
         flags |= _FLAG_CLASS_IDS
-        parts.append(np.asarray(record.class_ids).astype("<i4").tobytes())
+        ids = np.asarray(record.class_ids)
+        if ids.size and (ids.min() < -(2**31) or ids.max() >= 2**31):
+            raise _err("class id outside the int32 range", path, rec, "class_ids", "out_of_range")
+        parts.append(ids.astype("<i4").tobytes())
     if record.class_confidences is not None:
         flags |= _FLAG_CONF
-        parts.append(np.asarray(record.class_confidences).astype("<f4").tobytes())
+        parts.append(_cast_checked(record.class_confidences, "<f4", "class_confidences", path, rec))
     k = 0
     if record.class_probs is not None:
         flags |= _FLAG_PROBS
         k = record.class_probs.shape[1]
-        parts.append(record.class_probs.astype("<f2").tobytes())
+        parts.append(_cast_checked(record.class_probs, "<f2", "class_probs", path, rec))
     header = _HEADER.pack(
         MAGIC, FORMAT_VERSION, flags, _DTYPE_CODES[dtype], 1, n, d, k, int(record.image_width),
         int(record.image_height), run,
@@ -235,6 +290,7 @@ def encode_record(record: RegionRecord, dtype: str = "float16", run: int = 0) ->
     for p in parts:
         out += p
         out += b"\0" * (_pad8(len(p)) - len(p))
+    out += _TRAILER.pack(_crc(image_id, out), 0)
     return bytes(out)
 
 
@@ -245,10 +301,48 @@ def read_header(buf: Any) -> tuple:
     return flags, fcode, pcode, n, d, k, w, h, run
 
 
-def decode_record(image_id: str, buf: Any) -> RegionRecord:
-    """bytes -> RegionRecord with writable arrays (one copy of the buffer; arrays are views into it)."""
+class CorruptRecordError(InputError):
+    """A stored record whose checksum or layout does not match its bytes (a damaged data.mdb)."""
+
+
+def record_checksum_state(image_id: str, buf: Any) -> bool | None:
+    """True: the CRC trailer matches; False: it does not (or the record is too short); None: no checksum."""
+    if len(buf) < _HEADER.size or not (buf[5] & _FLAG_CRC):
+        return None
+    if len(buf) < _HEADER.size + _TRAILER.size:
+        return False
+    body = memoryview(buf)[: len(buf) - _TRAILER.size]
+    stored, _zero = _TRAILER.unpack_from(buf, len(buf) - _TRAILER.size)
+    return _crc(image_id, body) == stored
+
+
+def decode_record(
+    image_id: str, buf: Any, *, path: Any = None, require_checksum: bool = False
+) -> RegionRecord:
+    """bytes -> RegionRecord with writable arrays (one copy of the buffer; arrays are views into it).
+
+    The CRC trailer is verified when present (or required: stores created with checksums); a mismatch or a
+    layout that does not fit the bytes raises CorruptRecordError naming the store and the image id."""
     data = bytearray(buf)
+    state = record_checksum_state(image_id, data)
+    if state is False or (state is None and require_checksum):
+        what = "checksum mismatch" if state is False else "checksum missing"
+        raise CorruptRecordError(
+            f"{what}: the stored bytes are damaged; run `imagebert features verify` and re-import",
+            path=path, record=image_id, field="checksum",
+        )  # fmt: skip
+    try:
+        return _decode(image_id, data)
+    except (ValueError, struct.error) as exc:
+        raise CorruptRecordError(
+            f"unreadable record ({exc})", path=path, record=image_id, field="record"
+        ) from None
+
+
+def _decode(image_id: str, data: bytearray) -> RegionRecord:
     flags, fcode, pcode, n, d, k, w, h, _run = read_header(data)
+    if fcode not in _DTYPES or (flags & _FLAG_PROBS and pcode not in _DTYPES):
+        raise ValueError(f"unknown dtype codes {fcode}/{pcode}")
     off = _HEADER.size
 
     def take(dtype: np.dtype, count: int, shape: tuple) -> np.ndarray:
@@ -283,6 +377,51 @@ def _drop_reader(key: str) -> None:
         entry[1].close()
 
 
+_LMDB_MAGIC = 0xBEEFC0DE
+_PAGE_HEADER = 16  # pgno (8), pad (2), flags (2), lower (2), upper (2)
+
+
+def check_lmdb_file(data_file: str | os.PathLike) -> None:
+    """Refuse a `data.mdb` shorter than its own header says (mapping it would die of SIGBUS on the first read).
+
+    The two meta pages at the start name the last page in use (`mm_last_pg`, the one with the higher txnid is
+    current); the file must hold at least (last_pg + 1) pages. Layout: page header, then magic, version,
+    address, mapsize, two 48-byte db records (the first one's pad field is the page size), last_pg, txnid.
+    """
+    data_file = Path(data_file)
+    size = data_file.stat().st_size
+    where = data_file.parent
+    with open(data_file, "rb") as fh:
+        head = fh.read(_PAGE_HEADER + 136)
+        if len(head) < _PAGE_HEADER + 136:
+            raise InputError(
+                f"data.mdb is {size} bytes, too short for an LMDB environment (truncated?)", path=where
+            )
+        magic, _version = struct.unpack_from("<II", head, _PAGE_HEADER)
+        psize = struct.unpack_from("<I", head, _PAGE_HEADER + 24)[0]
+        if magic != _LMDB_MAGIC or psize < 512 or psize > 65536 or psize & (psize - 1):
+            raise InputError("data.mdb is not an LMDB environment (bad header)", path=where)
+        fh.seek(psize)
+        second = fh.read(_PAGE_HEADER + 136)
+    metas = [head]
+    if len(second) == len(head):
+        metas.append(second)
+    best = None
+    for m in metas:
+        magic = struct.unpack_from("<I", m, _PAGE_HEADER)[0]
+        last_pg, txnid = struct.unpack_from("<QQ", m, _PAGE_HEADER + 120)
+        if magic == _LMDB_MAGIC and (best is None or txnid > best[1]):
+            best = (last_pg, txnid)
+    assert best is not None
+    need = (best[0] + 1) * psize
+    if size < max(need, 2 * psize):
+        raise InputError(
+            f"data.mdb is {size} bytes but its header says {max(need, 2 * psize)} (a truncated copy?); "
+            "restore the store from a good copy or re-import it",
+            path=where,
+        )
+
+
 def _reader_env(path: Path | str, resolved: bool = False) -> lmdb.Environment:
     key = str(path) if resolved else _key_path(Path(path))
     entry = _READERS.get(key)
@@ -291,6 +430,8 @@ def _reader_env(path: Path | str, resolved: bool = False) -> lmdb.Environment:
         return entry[1]
     if entry is not None:  # inherited through fork: closing the child's copy leaves the parent's env intact
         _drop_reader(key)
+    if os.path.exists(os.path.join(key, "data.mdb")):
+        check_lmdb_file(os.path.join(key, "data.mdb"))
     # A complete store is immutable, so no lock file is needed: no reader-slot limit across workers and ranks.
     # Readahead stays on: records are large (100 x 2048 fp16 = 400 KB, 100 pages) and contiguous, and without
     # it every page of a record not in the page cache is a separate 4 KB disk read (30x slower when cold).
@@ -336,8 +477,22 @@ class FeatureStoreWriter:
             raise ValueError(f"dtype must be one of {sorted(_DTYPE_CODES)}, got {dtype!r}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._closed = True
+        self._lock = WriterLock(self.path, "feature store").acquire()
+        try:
+            self._open(feature_dim, dtype, box_selection, map_size)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._closed = False
+
+    def _open(
+        self, feature_dim: int | None, dtype: str, box_selection: BoxSelection | None, map_size: int
+    ) -> None:
         _drop_reader(_key_path(self.path))
-        existing = (self.path / "data.mdb").exists()
+        existing = (self.path / "data.mdb").exists() and (self.path / "data.mdb").stat().st_size > 0
+        if existing:
+            check_lmdb_file(self.path / "data.mdb")
         size = max(map_size, (self.path / "data.mdb").stat().st_size * 2 if existing else 0)
         self._env = lmdb.open(str(self.path), map_size=size, subdir=True, readahead=False, max_readers=2048)
         self._pending: list[tuple[bytes, bytes]] = []
@@ -349,7 +504,7 @@ class FeatureStoreWriter:
             meta = {
                 "format_version": FORMAT_VERSION, "feature_dim": feature_dim, "dtype": dtype,
                 "box_selection": None if box_selection is None else box_selection.to_dict(), "runs": 0,
-                "stats": _new_stats(),
+                "stats": _new_stats(), "checksums": "crc32",
             }  # fmt: skip
         else:
             if meta.get("format_version") != FORMAT_VERSION:
@@ -385,7 +540,6 @@ class FeatureStoreWriter:
         self.box_selection = BoxSelection.from_dict(meta["box_selection"])
         # Any store being written reads as incomplete until this writer finishes.
         self._write_txn(lambda txn: (txn.delete(COMPLETE_KEY), txn.put(META_KEY, self._meta_bytes())))
-        self._closed = False
 
     @property
     def feature_dim(self) -> int | None:
@@ -446,7 +600,7 @@ class FeatureStoreWriter:
             )  # fmt: skip
         if self.box_selection is not None:
             record = self.box_selection.apply(record)
-        value = encode_record(record, self.dtype, self.run)
+        value = encode_record(record, self.dtype, self.run, image_id=image_id, path=path, where=rec)
         key = REC_PREFIX + image_id.encode("utf-8")
         self._pending.append((key, value))
         self._pending_keys.add(key)
@@ -488,12 +642,15 @@ class FeatureStoreWriter:
         """Flush and, when `complete`, write the marker that makes the store readable."""
         if self._closed:
             return
-        self.flush()
-        if complete:
-            self._write_txn(lambda txn: txn.put(COMPLETE_KEY, b"1"))
-        self._env.sync(True)
-        self._env.close()
-        self._closed = True
+        try:
+            self.flush()
+            if complete:
+                self._write_txn(lambda txn: txn.put(COMPLETE_KEY, b"1"))
+            self._env.sync(True)
+            self._env.close()
+        finally:
+            self._closed = True
+            self._lock.release()
 
     def __enter__(self) -> FeatureStoreWriter:
         return self
@@ -523,13 +680,14 @@ class FeatureStore:
         if meta is None or not complete:
             raise InputError(
                 "feature store is incomplete (an import was interrupted or is still running); "
-                "re-run the same `imagebert features import` command to finish it",
+                "re-run the same `imagebert features import` (or `extract`) command with --resume to finish it",
                 path=self.path,
             )
         self.meta = meta
         self.feature_dim: int = int(meta["feature_dim"] or 0)  # 0 only for an empty store
         self.dtype: str = meta["dtype"]
         self._len = int(meta["stats"]["count"])
+        self.has_checksums = meta.get("checksums") == "crc32"
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -549,7 +707,7 @@ class FeatureStore:
             buf = txn.get(REC_PREFIX + str(image_id).encode("utf-8"))
             if buf is None:
                 return None
-            record = decode_record(str(image_id), buf)
+            record = decode_record(str(image_id), buf, path=self.path, require_checksum=self.has_checksums)
         return record if self.box_selection is None else self.box_selection.apply(record)
 
     def __getitem__(self, image_id: str) -> RegionRecord:
@@ -589,7 +747,10 @@ class FeatureStore:
                 key = bytes(key)
                 if not key.startswith(REC_PREFIX):
                     break
-                record = decode_record(key[len(REC_PREFIX) :].decode("utf-8"), value)
+                record = decode_record(
+                    key[len(REC_PREFIX) :].decode("utf-8", errors="replace"), value, path=self.path,
+                    require_checksum=self.has_checksums,
+                )  # fmt: skip
                 yield record if self.box_selection is None else self.box_selection.apply(record)
 
     def close(self) -> None:
@@ -618,15 +779,75 @@ class FeatureStore:
             "max_image_size": [s["max_width"], s["max_height"]],
             "size_mib": round(os.path.getsize(self.path / "data.mdb") / 2**20, 2),
             "import_runs": self.meta["runs"],
+            "checksums": self.meta.get("checksums") or "none (written before per-record checksums)",
         }
+
+
+def verify_store(path: str | os.PathLike, *, max_listed: int = 20) -> dict[str, Any]:
+    """Read every record of the store at `path` and check its checksum and layout (`imagebert features verify`).
+
+    Works on incomplete stores too (reported). Returns counts plus up to `max_listed` damaged ids; `ok` is False
+    when any record is damaged, the LMDB environment is unreadable, or the record count disagrees with the meta.
+    """
+    path = Path(path)
+    if not (path / "data.mdb").is_file():
+        raise InputError("no feature store here (missing data.mdb)", path=path)
+    check_lmdb_file(path / "data.mdb")
+    env = _reader_env(path)
+    out: dict[str, Any] = {"path": str(path), "records": 0, "verified": 0, "without_checksum": 0, "damaged": 0,
+                           "damaged_ids": [], "complete": False, "meta_count": None, "problems": []}  # fmt: skip
+    meta = None
+    try:
+        with env.begin(buffers=True) as txn:
+            meta = _read_meta(txn)
+            out["complete"] = txn.get(COMPLETE_KEY) is not None
+            required = meta is not None and meta.get("checksums") == "crc32"
+            out["store_checksums"] = "crc32" if required else None
+            out["meta_count"] = None if meta is None else int(meta["stats"]["count"])
+            cur = txn.cursor()
+            if cur.set_range(REC_PREFIX):
+                for key, value in cur:
+                    key = bytes(key)
+                    if not key.startswith(REC_PREFIX):
+                        break
+                    out["records"] += 1
+                    iid = key[len(REC_PREFIX) :].decode("utf-8", errors="replace")
+                    state = record_checksum_state(iid, value)
+                    if state is None and not required:
+                        out["without_checksum"] += 1
+                        try:
+                            _decode(iid, bytearray(value))
+                        except (ValueError, struct.error):
+                            state = False
+                        else:
+                            continue
+                    if state:
+                        out["verified"] += 1
+                        continue
+                    out["damaged"] += 1
+                    if len(out["damaged_ids"]) < max_listed:
+                        out["damaged_ids"].append(iid)
+    except lmdb.Error as exc:
+        out["problems"].append(f"LMDB error while reading ({exc})")
+    if meta is None:
+        out["problems"].append("no meta record")
+    elif out["meta_count"] != out["records"] and not out["problems"]:
+        out["problems"].append(f"meta says {out['meta_count']} records, found {out['records']}")
+    if not out["complete"]:
+        out["problems"].append("incomplete (an import was interrupted or is running)")
+    out["ok"] = not out["damaged"] and not out["problems"]
+    return out
 
 
 __all__ = [
     "BoxSelection",
     "FeatureStore",
     "FeatureStoreWriter",
+    "CorruptRecordError",
+    "check_lmdb_file",
     "check_record",
     "decode_record",
     "encode_record",
     "validate_image_id",
+    "verify_store",
 ]

@@ -13,12 +13,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "extract",
         help="extract region features from images into a feature store",
         description="Pool RoIAlign region features from a pre-trained CNN into a region-feature store. "
-        "Resumable: images already in the store are skipped.",
+        "Resumable with --resume: images already in the store are skipped.",
     )
     p.add_argument(
         "images", metavar="IMAGES_DIR_OR_LIST", help="a folder of images, or a file listing image paths"
     )
-    p.add_argument("--out", required=True, help="feature store to create or continue (a folder)")
+    p.add_argument(
+        "--out", required=True, help="feature store to create (a folder; existing: --resume/--overwrite)"
+    )
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an existing store at --out")
+    again.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
+    p.add_argument("--allow-empty", action="store_true", help="exit 0 even when no image could be extracted")
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--boxes", metavar="FILE", help="COCO-style JSON with the boxes and categories per image"
@@ -53,9 +59,15 @@ def run(args: argparse.Namespace) -> int:
     from imagebert.errors import InputError
     from imagebert.extraction.boxes import load_detector
     from imagebert.extraction.extract import ExtractionConfig, extract
+    from imagebert.rundir import open_run_dir
 
     if args.grid is not None and args.grid < 1:
         raise CliError("--grid must be >= 1")
+    for flag, value in (("--max-pixels", args.max_pixels), ("--batch-size", args.batch_size),
+                        ("--workers", args.workers), ("--pool-size", args.pool_size),
+                        ("--sampling-ratio", args.sampling_ratio)):  # fmt: skip
+        if value < 1:
+            raise CliError(f"{flag} must be >= 1, got {value}")
     if args.image_size % 32 or args.image_size < 32:
         raise CliError("--image-size must be a positive multiple of 32")
     if args.detector_checkpoint and not args.detector:
@@ -82,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         weights_path=args.weights,
     )
     try:
+        lock = open_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, what="feature store")
+        if lock is not None:
+            lock.release()  # the store writer takes its own lock
         detector = (
             load_detector(args.detector, args.detector_checkpoint, args.device) if args.detector else None
         )
@@ -95,4 +110,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  rejected {name}: {reason}", file=sys.stderr)
     if report.rejected > 20:
         print(f"  ... and {report.rejected - 20} more", file=sys.stderr)
+    if report.total == 0 and not args.allow_empty:
+        raise CliError(f"no images found in {args.images} (pass --allow-empty to accept an empty store)")
+    if report.extracted + report.skipped_existing == 0 and report.rejected and not args.allow_empty:
+        raise CliError(f"every one of the {report.rejected} images was rejected; see {report.rejects_path}")
     return 0

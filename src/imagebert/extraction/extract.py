@@ -152,11 +152,10 @@ def collect_items(
         if box_file is not None:
             names = list(box_file.images)
         else:
-            names = sorted(
-                p.relative_to(source).as_posix()
-                for p in source.rglob("*")
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            )
+            candidates = [p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+            names = sorted(p.relative_to(source).as_posix() for p in candidates if p.is_file())
+            # an image-named folder, FIFO or broken link is counted as rejected, never skipped in silence
+            not_files = sorted(p.relative_to(source).as_posix() for p in candidates if not p.is_file())
             if image_root is not None:
                 try:
                     names = [
@@ -177,6 +176,12 @@ def collect_items(
 
     items: list[ImageItem] = []
     rejects: list[tuple[str, str]] = []
+    if source.is_dir() and box_file is None:
+        for name in not_files:
+            p = source / name
+            kind = "a folder" if p.is_dir() else ("a broken link" if p.is_symlink() and not p.exists() else
+                                                 "not a regular file (FIFO, socket or device)")  # fmt: skip
+            rejects.append((name, f"{kind}, not an image file"))
     seen: dict[str, str] = {}
     for name in names:
         try:
@@ -326,6 +331,8 @@ def extract(
     cfg = config or ExtractionConfig()
     if cfg.image_size < 32 or cfg.batch_size < 1 or cfg.pool_size < 1 or cfg.sampling_ratio < 1:
         raise ValueError("image_size >= 32, batch_size, pool_size and sampling_ratio >= 1 are required")
+    if cfg.max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {cfg.max_pixels}")
     if boxes is not None and detector is not None:
         raise ValueError("give a box file or a detector, not both")
     started = time.perf_counter()

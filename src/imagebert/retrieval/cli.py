@@ -7,6 +7,12 @@ import json
 import logging
 import os
 
+# Changing these between a checkpoint and its resumption changes the data order or the negatives.
+FINETUNE_RESUME_REFUSED = (
+    "training.batch_size", "training.seed", "training.grad_accum_steps", "model.max_regions",
+    "model.max_text_tokens", "negatives.*", "loss.*", "dataset", "train_split", "init_checkpoint",
+)  # fmt: skip
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,7 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set training.epochs=2 (repeatable)")  # fmt: skip
     p.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
-    p.add_argument("--resume", default=None, help="a checkpoint folder of this run to continue from")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", default=None, help="a checkpoint folder of this run to continue from")
+    again.add_argument(
+        "--overwrite", action="store_true", help="delete an existing run folder at --out first"
+    )
     p.set_defaults(func=_finetune)
 
     e = subparsers.add_parser("evaluate", help="retrieval R@1/5/10 both ways (Flickr30k 1k, COCO 5k / 1k)")
@@ -33,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--out", default=None, help="folder for results.json, results.md and the resumable score cache"
     )
+    again = e.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
+    again.add_argument("--overwrite", action="store_true", help="delete an existing --out folder first")
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     e.add_argument("--batch-size", type=int, default=128, help="pairs per cross-encoder forward")
     e.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if present, else cpu), cpu, cuda")
@@ -46,16 +59,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _finetune(args: argparse.Namespace) -> int:
     from imagebert.cli import CliError
-    from imagebert.config_utils import ConfigError
+    from imagebert.config_utils import ConfigError, to_dict
     from imagebert.errors import InputError
     from imagebert.retrieval.finetune import load_finetune_config, run_finetuning
+    from imagebert.training import checkpoint as ckpt
+    from imagebert.training.cli import check_trainer_settings, prepare_run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    lock = None
     try:
         cfg = load_finetune_config(args.config, args.overrides)
-        best = run_finetuning(cfg, args.out, resume=args.resume)
+        check_trainer_settings(cfg.training)
+        if cfg.init_checkpoint:
+            ckpt.verify_checkpoint(cfg.init_checkpoint, trainer_files=False)
+        out = args.out or cfg.out_dir
+        lock, found = prepare_run(out, resume=args.resume, overwrite=args.overwrite, config_dict=to_dict(cfg),
+                                  refused=FINETUNE_RESUME_REFUSED)  # fmt: skip
+        best = run_finetuning(cfg, out, resume=found)  # a run folder resolves to its newest checkpoint
     except (ConfigError, InputError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from exc
+    finally:
+        if lock is not None:
+            lock.release()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
     return 0
@@ -68,8 +93,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from imagebert.retrieval.evaluate import EvalOptions, evaluate_checkpoint, report_markdown
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from imagebert.rundir import open_run_dir
+    from imagebert.runlock import is_main_process
+
     if any(k < 1 for k in args.k):
         raise CliError("--k values must be >= 1")
+    for flag, value in (("--block CAPTIONS", args.block[0]), ("--block IMAGES", args.block[1]),
+                        ("--batch-size", args.batch_size), ("--fold-size", args.fold_size)):  # fmt: skip
+        if value < 1:
+            raise CliError(f"{flag} must be >= 1, got {value}")
     opts = EvalOptions(
         mode=args.mode,
         ks_fast=list(args.k),
@@ -80,11 +112,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         block_captions=args.block[0],
         block_images=args.block[1],
     )
+    if (args.resume or args.overwrite) and args.out is None:
+        raise CliError("--resume and --overwrite need --out")
+    lock = None
     try:
+        if args.out is not None and is_main_process():
+            lock = open_run_dir(
+                args.out, resume=args.resume, overwrite=args.overwrite, what="evaluation folder"
+            )
         report = evaluate_checkpoint(args.checkpoint, args.dataset, split=args.split, protocol=args.protocol,
                                      out_dir=args.out, options=opts, setting=args.setting)  # fmt: skip
     except (ConfigError, InputError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
+    finally:
+        if lock is not None:
+            lock.release()
     if report.get("rank", 0) == 0:
         print(report_markdown(report))
         if args.out is None:

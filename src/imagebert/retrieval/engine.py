@@ -6,23 +6,35 @@ captions). The engine knows nothing about models: a scorer is anything with
 ``score_pairs(caption_idx, image_idx) -> float32 scores``.
 
 Cache layout (``cache_dir``): ``scores.npy`` a float32 memory-mapped matrix (NaN = not scored),
-``done.rank<r>.npy`` one boolean block mask per rank (a block is done when ANY rank's mask says so, so a run can
-resume with a different number of ranks), ``manifest.json`` the fingerprint of what is being scored. Mask files are
-replaced atomically (write + fsync + rename) only after the block's scores are flushed, so a kill at any moment
-leaves at worst a block to redo, never a block marked done with missing scores.
+``blocks.rank<r>.npy`` one int64 entry per block and rank: -1 = not done, else the CRC-32 of the block's float32
+bytes (a block is done when ANY rank's file holds a checksum that its scores match, so a run can resume with a
+different number of ranks), ``manifest.json`` the fingerprint of what is being scored. Block files are replaced
+atomically (write + fsync + rename) only after the block's scores are flushed, so a kill at any moment leaves at
+worst a block to redo, never a block marked done with missing scores.
+
+Why checksums: the memory map zero-fills a truncated ``scores.npy`` and a done mask alone would trust those zeros
+(wrong recalls with exit 0). On open the file size is checked against its header (a wrong size rebuilds the
+matrix) and every done block is checked against its checksum (a mismatch is logged and the block recomputed).
+Caches from before the checksums (only ``done.rank<r>.npy`` masks) are recomputed, never trusted; the masks are
+still written next to the checksum files for tools that read them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+BLOCKS_GLOB = "blocks.rank*.npy"
 
 
 class PairScorer(Protocol):
@@ -38,6 +50,7 @@ class EngineStats:
     pairs_total: int = 0  # pairs the matrix needs (all ranks, including cached)
     blocks_scored: int = 0
     blocks_cached: int = 0
+    blocks_corrupt: int = 0  # marked done but failing their checksum: recomputed
     seconds: float = 0.0
 
 
@@ -47,6 +60,14 @@ class BlockPlan:
     num_images: int
     block_captions: int = 1000
     block_images: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("block_captions", "block_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} (--block) must be a positive integer, got {value!r}")
+        if self.num_captions < 0 or self.num_images < 0:
+            raise ValueError("the score matrix cannot have a negative size")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -93,6 +114,25 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def block_checksum(block: np.ndarray) -> int:
+    """CRC-32 of a block's float32 bytes (NaN entries included, bit for bit)."""
+    return zlib.crc32(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """(shape, dtype, data offset) from a .npy header, or None when the header is unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            return tuple(shape), dtype, fh.tell()
+    except (OSError, ValueError, EOFError):
+        return None
+
+
 class ScoreCache:
     """A resumable on-disk score matrix (see the module docstring for the layout)."""
 
@@ -108,18 +148,40 @@ class ScoreCache:
         self.scores_path = self.dir / "scores.npy"
         self.manifest_path = self.dir / "manifest.json"
 
+    def scores_file_problem(self) -> str | None:
+        """Why scores.npy cannot be trusted as a whole (wrong header, or a size that does not match it)."""
+        layout = _npy_layout(self.scores_path)
+        if layout is None:
+            return "unreadable header"
+        shape, dtype, offset = layout
+        want = (self.plan.num_captions, self.plan.num_images)
+        if shape != want or dtype != np.dtype(np.float32):
+            return f"holds {dtype} {shape}, expected float32 {want}"
+        size = os.path.getsize(self.scores_path)
+        expected = offset + int(np.prod(want)) * 4
+        if size != expected:
+            return f"is {size} bytes, its header says {expected} (truncated or overwritten)"
+        return None
+
     def create(self) -> None:
         """Rank 0 only: make the files (or check that the existing ones are for the same evaluation)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.manifest_path.exists():
-            old = json.loads(self.manifest_path.read_text())
-            if old != json.loads(json.dumps(self.fingerprint)):
+            try:
+                old = json.loads(self.manifest_path.read_text())
+            except (OSError, ValueError):
+                old = None
+                log.warning("%s: unreadable manifest.json; the score cache is rebuilt", self.dir)
+            if old is not None and old != json.loads(json.dumps(self.fingerprint)):
                 raise ValueError(
                     f"{self.dir}: the score cache belongs to a different evaluation ({old}); "
                     "use another cache directory or delete this one"
                 )
-            if self.scores_path.exists():
-                return
+            if old is not None and self.scores_path.exists():
+                problem = self.scores_file_problem()
+                if problem is None:
+                    return
+                log.warning("%s: %s; every block is recomputed", self.scores_path, problem)
         mm = np.lib.format.open_memmap(
             self.scores_path,
             mode="w+",
@@ -129,28 +191,63 @@ class ScoreCache:
         mm[:] = np.nan
         mm.flush()
         del mm
-        for old_mask in self.dir.glob("done.rank*.npy"):
+        for old_mask in [*self.dir.glob("done.rank*.npy"), *self.dir.glob(BLOCKS_GLOB)]:
             old_mask.unlink()
         tmp = self.manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.fingerprint, indent=1))
         os.replace(tmp, self.manifest_path)
 
     def open(self) -> np.memmap:
+        problem = self.scores_file_problem()
+        if (
+            problem is not None
+        ):  # rank 0 checked it in create(); a change since then is not ours to paper over
+            raise ValueError(f"{self.scores_path}: {problem}; delete the score cache and run again")
         return np.lib.format.open_memmap(self.scores_path, mode="r+")
 
-    def done_mask(self) -> np.ndarray:
-        done = np.zeros(self.plan.num_blocks, dtype=bool)
-        for path in self.dir.glob("done.rank*.npy"):
+    def recorded_checksums(self) -> list[np.ndarray]:
+        """Each rank file's per-block checksums (-1 = not done); unreadable or wrong-length files are ignored."""
+        out = []
+        for path in sorted(self.dir.glob(BLOCKS_GLOB)):
             try:
-                m = np.load(path)
-            except (OSError, ValueError):  # a torn file cannot exist (atomic rename), but be safe
+                m = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                log.warning("%s: unreadable; its blocks are recomputed", path)
                 continue
-            if m.shape == done.shape:
-                done |= m
-        return done
+            if m.shape == (self.plan.num_blocks,) and m.dtype.kind == "i":
+                out.append(m.astype(np.int64))
+        if not out and any(self.dir.glob("done.rank*.npy")):
+            log.warning("%s: cache written without block checksums; its blocks are recomputed", self.dir)
+        return out
 
-    def mark_done(self, own_mask: np.ndarray) -> None:
-        _atomic_save(self.dir / f"done.rank{self.rank}.npy", own_mask)
+    def verified(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(done mask, checksum per block (-1 = not done), number of blocks marked done that fail their check)."""
+        files = self.recorded_checksums()
+        done = np.zeros(self.plan.num_blocks, dtype=bool)
+        crcs = np.full(self.plan.num_blocks, -1, dtype=np.int64)
+        bad = 0
+        if not files:
+            return done, crcs, 0
+        stacked = np.stack(files)
+        for b in np.nonzero((stacked >= 0).any(axis=0))[0]:
+            rows, cols = self.plan.block(int(b))
+            actual = block_checksum(matrix[rows, cols])
+            if actual in stacked[:, b]:
+                done[b] = True
+                crcs[b] = actual
+            else:
+                bad += 1
+        if bad:
+            log.warning(
+                "%s: %d block(s) marked done do not match their checksum (corrupted scores.npy); recomputing them",
+                self.scores_path, bad,
+            )  # fmt: skip
+        return done, crcs, bad
+
+    def mark_done(self, own_checksums: np.ndarray) -> None:
+        _atomic_save(self.dir / f"blocks.rank{self.rank}.npy", own_checksums)
+        # the plain mask, for tools that read it; resumption trusts only the checksum file above
+        _atomic_save(self.dir / f"done.rank{self.rank}.npy", own_checksums >= 0)
 
 
 def _score_block(
@@ -196,9 +293,10 @@ def score_matrix(
         if rank == 0:
             cache.create()
         _barrier()
-        done = cache.done_mask()
-        own_mask = done.copy()  # keep what earlier runs finished: this file replaces the old one
         matrix = cache.open()
+        done, own_crcs, stats.blocks_corrupt = cache.verified(matrix)
+        # own_crcs keeps what earlier runs finished: this rank's file replaces its old one
+        _barrier()  # every rank has verified before any rank rewrites a block
     else:
         if world > 1:
             matrix = np.zeros((num_captions, num_images), dtype=np.float32)
@@ -218,8 +316,8 @@ def score_matrix(
         stats.blocks_scored += 1
         if cache_dir is not None:
             matrix.flush()
-            own_mask[b] = True
-            cache.mark_done(own_mask)
+            own_crcs[b] = block_checksum(block)
+            cache.mark_done(own_crcs)
         if progress is not None:
             progress(n + 1, len(mine))
     _barrier()

@@ -14,16 +14,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
+import re
 import shutil
+import struct
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from imagebert.errors import InputError
 
 TRAINER_STATE = "trainer_state.pt"
 RNG_STATES = "rng_states.pt"
@@ -156,15 +162,20 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / META).read_text(encoding="utf-8"))
+    f = Path(path) / META
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise CheckpointError("not valid JSON (truncated or damaged)", path=f) from None
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
-    return torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=True)
+    """Weights-only load; a truncated, empty or object-holding file is a CheckpointError naming it."""
+    return _safe_torch_load(Path(path) / TRAINER_STATE)
 
 
 def load_rng_states(path: Path) -> list[dict[str, Any]]:
-    return torch.load(Path(path) / RNG_STATES, map_location="cpu", weights_only=True)
+    return _safe_torch_load(Path(path) / RNG_STATES)
 
 
 def find_latest_checkpoint(path: Path) -> Path | None:
@@ -191,3 +202,186 @@ def prune_checkpoints(out_dir: Path, keep: int) -> None:
     ckpts = sorted(p for p in Path(out_dir).glob(f"{PREFIX}*") if p.is_dir() and is_checkpoint(p))
     for old in ckpts[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------- integrity checks
+
+
+class CheckpointError(InputError):
+    """A checkpoint file that cannot be used (truncated, empty, or refused by weights-only loading)."""
+
+
+def _safe_torch_load(file: Path) -> Any:
+    """torch.load(weights_only=True) with every failure turned into one CheckpointError naming the file."""
+    if not file.is_file():
+        raise CheckpointError("missing (not a complete checkpoint)", path=file)
+    if file.stat().st_size == 0:
+        raise CheckpointError("empty file (an interrupted copy?)", path=file)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            "refused: it holds Python objects other than tensors and plain containers, and checkpoints are "
+            f"only loaded weights-only (never unpickled) ({first[:200]})",
+            path=file,
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"unreadable (truncated or not a torch file: {first[:200]})", path=file
+        ) from None
+
+
+def check_safetensors(file: str | os.PathLike) -> None:
+    """Header and size of a .safetensors file (8-byte length, JSON header, data as long as the header says)."""
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError("missing", path=file)
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{size} bytes: empty or truncated safetensors file", path=file)
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100 << 20:
+            raise CheckpointError(f"header length {n} exceeds the file ({size} bytes): truncated", path=file)
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, ValueError):
+            raise CheckpointError("unreadable safetensors header (truncated or damaged)", path=file) from None
+    if not isinstance(header, dict):
+        raise CheckpointError("unreadable safetensors header", path=file)
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(entry["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError):
+            raise CheckpointError(f"bad header entry for tensor {name!r}", path=file) from None
+    if 8 + n + end > size:
+        raise CheckpointError(f"{size} bytes but the header needs {8 + n + end}: truncated", path=file)
+
+
+def _check_torch_zip(file: Path) -> None:
+    if not file.is_file():
+        raise CheckpointError("missing (not a complete checkpoint)", path=file)
+    if file.stat().st_size == 0:
+        raise CheckpointError("empty file (an interrupted copy?)", path=file)
+    try:
+        with zipfile.ZipFile(file) as zf:
+            zf.infolist()
+    except (zipfile.BadZipFile, OSError):
+        raise CheckpointError("unreadable (truncated or not a torch file)", path=file) from None
+
+
+def verify_checkpoint(path: str | os.PathLike, *, trainer_files: bool = True) -> None:
+    """Cheap structural checks of a checkpoint folder before anything loads it (no tensors are read)."""
+    path = Path(path)
+    for name in ("config.json", *((META,) if trainer_files else ())):
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError("missing (not a complete checkpoint)", path=f)
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise CheckpointError("not valid JSON (truncated or damaged)", path=f) from None
+    check_safetensors(path / "model.safetensors")
+    if trainer_files:
+        _check_torch_zip(path / TRAINER_STATE)
+        _check_torch_zip(path / RNG_STATES)
+
+
+# ----------------------------------------------------------------------------------- leftovers and resumption
+
+_TEMP = re.compile(r"^\.(tmp|old)-.+-(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out_dir: str | os.PathLike, depth: int = 2) -> list[Path]:
+    """Delete `.tmp-<name>-<pid>` / `.old-<name>-<pid>` checkpoint folders left by a killed run (up to `depth`
+    folder levels below `out_dir`) whose writer process is gone. Call it while holding the run-folder lock."""
+    removed: list[Path] = []
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return removed
+    level = [out_dir]
+    for _ in range(depth):
+        nxt = []
+        for folder in level:
+            try:
+                entries = list(folder.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.is_dir() or entry.is_symlink():
+                    continue
+                m = _TEMP.match(entry.name)
+                if m is None:
+                    nxt.append(entry)
+                elif not _pid_alive(int(m.group(2))):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+        level = nxt
+    return removed
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
+        for i, v in enumerate(data):
+            out.update(_flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix.rstrip(".")] = data
+    return out
+
+
+def resume_config_changes(
+    checkpoint: str | os.PathLike,
+    new_config: dict[str, Any],
+    refuse: tuple[str, ...],
+    ignore: tuple[str, ...] = (),
+) -> tuple[list[str], dict[str, tuple[Any, Any]]]:
+    """Compare the checkpoint's run_config.yaml with the config of the run resuming it.
+
+    Returns (refusals, changes): refusals are one-line reasons for keys matching a `refuse` pattern (a dotted key;
+    `*` matches one part, e.g. `stages.*.batch_size`) whose value changed; changes maps every other changed key to
+    (old, new). No run_config.yaml (an older checkpoint) means nothing to compare.
+    """
+    import fnmatch
+
+    import yaml
+
+    f = Path(checkpoint) / RUN_CONFIG
+    if not f.is_file():
+        return [], {}
+    try:
+        old = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise CheckpointError("unreadable run_config.yaml", path=f) from None
+    a, b = _flatten(old), _flatten(new_config)
+    refusals: list[str] = []
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) == b.get(key) or any(fnmatch.fnmatchcase(key, p) for p in ignore):
+            continue
+        if any(fnmatch.fnmatchcase(key, p) for p in refuse):
+            refusals.append(f"{key} was {a.get(key)!r} in {checkpoint}, now {b.get(key)!r}")
+        else:
+            changes[key] = (a.get(key), b.get(key))
+    return refusals, changes
