@@ -232,9 +232,20 @@ def build_corpus(root: Path) -> dict:
     return {"crawl": crawl, "mirror": mirror, "p5": content_id(p[5]), "p5_q60": content_id(near_dup_of_5)}
 
 
+# The exact-count tests below pin the rule-based filters and the hand-set scorer: the fixture's images are
+# generated (colour fields, skin-tone noise, per-pixel noise), which is what those rules are about. The learned
+# defaults are tested on real photographs and rendered charts in test_filters_learned.py.
+RULES = [
+    "images.type_classifier=heuristic",
+    "images.racy_classifier=heuristic",
+    "scoring.model=hand",
+    "scoring.min_score=0.5",
+]
+
+
 def lait_config(mirror: Path, *extra: str):
     return load_lait_config(
-        None, [f"images.mirror_dir={mirror}", "aggregation.max_images_per_description=3", *extra]
+        None, [f"images.mirror_dir={mirror}", "aggregation.max_images_per_description=3", *RULES, *extra]
     )
 
 

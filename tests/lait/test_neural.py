@@ -66,7 +66,14 @@ def test_neural_features_on_a_real_photo(tmp_path):
         )
         w.image("http://n.org/h.jpg", encode(image))
     cfg = load_lait_config(
-        None, ["scoring.neural=true", "images.type_classifier=none", "images.racy_classifier=none"]
+        None,
+        [
+            "scoring.neural=true",
+            "images.type_classifier=none",
+            "images.racy_classifier=none",
+            "scoring.model=hand",  # the hand-set priors weigh the cross-modal features; the shipped scorer is text-only
+            "scoring.min_score=0.5",
+        ],
     )
     run_lait([crawl], tmp_path / "out", cfg, workers=1)
     rows = [json.loads(x) for x in (tmp_path / "out" / "captions.jsonl").read_text().splitlines()]

@@ -169,9 +169,10 @@ def test_train_scorer_cli(tmp_path, capsys):
     out = tmp_path / "scorer.safetensors"
     assert main(["lait", "train-scorer", str(labels), "--out", str(out)]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics["train_accuracy"] == 1.0 and metrics["rows"] == 4
+    assert metrics["rows"] == 4 and metrics["heldout"] == "cross-validated, 2 folds"
     scorer = Scorer.load(out)
     assert scorer.weights.shape == (len(FEATURES),)
+    assert scorer.threshold == pytest.approx(metrics["threshold"], abs=1e-6)  # stored for the run to use
     labels.write_text(json.dumps({"image": "im0.jpg", "text": "x"}) + "\n")
     with pytest.raises(InputError, match="line/record 1, field 'related'"):
         from imagebert.lait.train import read_labels

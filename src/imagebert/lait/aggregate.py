@@ -63,14 +63,16 @@ def normalise_caption(text: str) -> str:
     return re.sub(r"[^\w ]+", "", " ".join(text.lower().split()))
 
 
-def read_shards(shards_dir: Path, names: list[str]) -> tuple[list[dict], Funnel, list[Path]]:
+def read_shards(
+    shards_dir: Path, names: list[str], examples_per_reason: int = 3
+) -> tuple[list[dict], Funnel, list[Path]]:
     rows: list[dict] = []
-    funnel = Funnel()
+    funnel = Funnel(examples_per_reason)
     dirs = []
     for name in sorted(names):
         d = shards_dir / name
         meta = json.loads((d / "funnel.json").read_text(encoding="utf-8"))
-        funnel.merge(Funnel.from_dict(meta["funnel"]))
+        funnel.merge(Funnel.from_dict(meta["funnel"], examples_per_reason))
         with open(d / "pairs.jsonl", encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
@@ -91,8 +93,7 @@ def aggregate(
     work_dir: str | Path, out_dir: str | Path, shard_names: list[str], cfg: LaitConfig
 ) -> dict[str, Any]:
     work_dir, out_dir = Path(work_dir), Path(out_dir)
-    rows, funnel, _ = read_shards(work_dir / "shards", shard_names)
-    funnel.examples_per_reason = cfg.run.examples_per_reason
+    rows, funnel, dirs = read_shards(work_dir / "shards", shard_names, cfg.run.examples_per_reason)
     agg = cfg.aggregation
     # Deterministic order independent of which shard finished first.
     rows.sort(key=lambda r: (r["image_id"], -r["score"], r["caption"], r["page_url"]))
@@ -110,7 +111,12 @@ def aggregate(
             funnel.drop(
                 "aggregation",
                 "shared_description",
-                {"text": r["caption"], "images": len(images_per_caption[normalise_caption(r["caption"])])},
+                {
+                    "url": r["page_url"],
+                    "image": r["url"],
+                    "text": r["caption"],
+                    "images": len(images_per_caption[normalise_caption(r["caption"])]),
+                },
             )
             continue
         g = groups[r["image_id"]]
@@ -123,7 +129,17 @@ def aggregate(
         else:
             losers.append(r)
     for r in sorted(losers, key=lambda r: (r["image_id"], r["caption"], r["page_url"])):
-        funnel.drop("aggregation", "duplicate_image", {"image_id": r["image_id"], "text": r["caption"]})
+        winner = best[groups[r["image_id"]]]
+        funnel.drop(
+            "aggregation",
+            "duplicate_image",
+            {
+                "url": r["page_url"],
+                "image_id": r["image_id"],
+                "text": r["caption"],
+                "kept": {"page_url": winner["page_url"], "image_id": winner["image_id"]},
+            },
+        )
     kept = sorted(best.values(), key=lambda r: r["image_id"])
     funnel.kept("aggregation", len(kept))
 
@@ -145,6 +161,14 @@ def aggregate(
         if stale.stem not in keep_ids:
             stale.unlink()
     _write_atomic(out_dir / "captions.jsonl", "".join(line + "\n" for line in lines))
+    # Every rejected page of every step, in shard order then step order: one file to grep or load.
+    reject_lines = []
+    for d in dirs:
+        path = d / "rejects.jsonl"
+        if path.is_file():
+            reject_lines += [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    reject_lines += [json.dumps(r, ensure_ascii=False) for r in funnel.rejects]
+    _write_atomic(out_dir / "rejects.jsonl", "".join(line + "\n" for line in reject_lines))
     report = {**funnel.to_dict(), "output": {"pairs": len(kept), "shards": len(shard_names)}}
     _write_atomic(out_dir / "funnel.json", json.dumps(report, ensure_ascii=False, indent=1))
     _write_atomic(out_dir / "funnel.md", funnel.to_markdown() + f"\nOutput: {len(kept)} image-text pairs.\n")

@@ -37,6 +37,36 @@ def register(subparsers) -> None:
     ms.add_argument("--pages", type=int, default=12)
     ms.set_defaults(func=_make_sample)
 
+    ms2 = sub.add_parser(
+        "make-scorer-set", help="write the labelled relevance set the default scorer is trained on"
+    )
+    ms2.add_argument("folder")
+    ms2.add_argument("--rows", type=int, default=1200)
+    ms2.add_argument("--seed", type=int, default=0)
+    ms2.set_defaults(func=_make_scorer_set)
+
+    mp = sub.add_parser(
+        "make-photo-set",
+        help="write the labelled photo / non-photo set (real sample photos + rendered graphics) for the type filter",
+    )
+    mp.add_argument("folder")
+    mp.add_argument("--seed", type=int, default=0)
+    mp.add_argument("--per-photo", type=int, default=24, help="augmented copies of each real photograph")
+    mp.add_argument("--rendered-per-kind", type=int, default=60, help="rendered seeds per non-photo kind")
+    mp.set_defaults(func=_make_photo_set)
+
+    tp = sub.add_parser(
+        "train-photo-classifier",
+        help="fit the photo / non-photo filter; prints precision/recall on held-out whole source photographs",
+    )
+    tp.add_argument("labels", help="labels.jsonl from make-photo-set (image, label photo|non_photo, source)")
+    tp.add_argument(
+        "--out", required=True, help="weights file (.safetensors); set images.photo_model to use it"
+    )
+    tp.add_argument("--folds", type=int, default=5)
+    tp.add_argument("--metrics", default=None, help="also write the metrics here (JSON)")
+    tp.set_defaults(func=_train_photo)
+
     sc = sub.add_parser("show-config", help="print the effective config as YAML")
     sc.add_argument("--config", default=None)
     sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -67,8 +97,23 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"lait: {summary['pairs']} pairs from {summary['shards']} shards "
         f"({summary['processed']} processed, {summary['skipped']} already done); "
-        f"report: {Path(args.out) / 'funnel.md'}"
+        f"report: {Path(args.out) / 'funnel.md'}, every rejected page: {Path(args.out) / 'rejects.jsonl'}"
     )
+    if summary["stale_shards"]:
+        print(
+            f"lait: {summary['stale_shards']} shard folders in {Path(args.out) / 'work' / 'shards'} were made "
+            "with other inputs or another config and were not used (config fingerprint "
+            f"{summary['config_fingerprint']})"
+        )
+    for w in summary["warnings"]:
+        print(f"WARNING: {w}", file=sys.stderr)
+    if summary["skipped_input"] and cfg.run.strict_input:
+        print(
+            "lait: exit code 3 because input bytes were skipped (output written; "
+            "--set run.strict_input=false to exit 0)",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 
@@ -83,13 +128,19 @@ def _train(args: argparse.Namespace) -> int:
     except InputError as exc:
         raise CliError(str(exc)) from exc
     print(json.dumps(metrics))
+    if not metrics["target_reached"]:
+        print(
+            f"WARNING: no threshold reaches held-out precision {metrics['target_precision']}; stored "
+            f"{metrics['threshold']} (precision {metrics['heldout_precision']}). Label more rows.",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     import yaml
 
-    cfg = _config(args)
+    cfg = _config(args)  # validates plug-in names and files too
     yaml.safe_dump(cfg.to_dict(), sys.stdout, sort_keys=False)
     return 0
 
@@ -98,4 +149,40 @@ def _make_sample(args: argparse.Namespace) -> int:
     from imagebert.lait.synthetic import write_sample_crawl
 
     print(write_sample_crawl(args.folder, args.pages))
+    return 0
+
+
+def _make_scorer_set(args: argparse.Namespace) -> int:
+    from imagebert.lait.scorer_set import write_scorer_set
+
+    print(write_scorer_set(args.folder, args.rows, args.seed))
+    return 0
+
+
+def _make_photo_set(args: argparse.Namespace) -> int:
+    from imagebert.lait.photoset import write_photo_set
+
+    print(
+        write_photo_set(
+            args.folder, args.seed, per_photo=args.per_photo, rendered_per_kind=args.rendered_per_kind
+        )
+    )
+    return 0
+
+
+def _train_photo(args: argparse.Namespace) -> int:
+    from imagebert.cli import CliError
+    from imagebert.errors import InputError
+    from imagebert.lait.photoclf import train_photo_classifier
+
+    try:
+        metrics = train_photo_classifier(
+            args.labels, args.out, folds=args.folds, log=lambda m: print(m, file=sys.stderr)
+        )
+    except InputError as exc:
+        raise CliError(str(exc)) from exc
+    text = json.dumps(metrics, indent=1)
+    if args.metrics:
+        Path(args.metrics).write_text(text, encoding="utf-8")
+    print(text)
     return 0

@@ -6,10 +6,11 @@ documented in docs/lait.md.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagebert.config_utils import load_config, to_dict
+from imagebert.config_utils import ConfigError, load_config, to_dict
 
 
 @dataclass
@@ -31,8 +32,14 @@ class ImageConfig:
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000  # Pillow decompression-bomb limit, set explicitly
     jpeg_quality: int = 90
-    racy_classifier: str = "heuristic"  # "heuristic", "none", or "package.module:factory"
-    type_classifier: str = "heuristic"
+    # Off by default: measured on real photographs the skin-tone rule rejects cats, coffee on wood, warm-lit
+    # interiors and stained tissue (docs/lait.md). "heuristic" turns it back on; "package.module:factory" = yours.
+    racy_classifier: str = "none"  # "none", "heuristic", or "package.module:factory"
+    # "learned" = the shipped photo / non-photo model (EfficientNet-Lite0 features + colour statistics);
+    # "heuristic" = the old palette/flat/edge rules; "none"; or "package.module:factory".
+    type_classifier: str = "learned"
+    photo_model: str | None = None  # weights from `lait train-photo-classifier`; None = the shipped ones
+    photo_threshold: float | None = None  # P(photo) to keep; None = the threshold stored in the weights file
     skin_ratio_threshold: float = 0.5
     min_palette_colors: int = 200
     max_flat_fraction: float = 0.55
@@ -93,9 +100,14 @@ class TextConfig:
 class ScoringConfig:
     # None = the documented default weights; "file.safetensors" = a trained scorer (`lait train-scorer`);
     # "package.module:factory" = your own: factory(LaitConfig) -> object with .score(features, text, image) -> float
+    # None = the shipped scorer trained by `lait train-default-scorer`; "hand" = the documented hand-set
+    # weights; "file.safetensors" = a trained scorer; "package.module:factory" = your own.
     model: str | None = None
     neural: bool = False  # ImageNet labels (EfficientNet-Lite0) vs caption through MiniLM
-    min_score: float = 0.5
+    # None = the threshold stored in the scorer file (chosen by train-scorer for target_precision; 0.5 for the
+    # hand-set weights); a number overrides it.
+    min_score: float | None = None
+    target_precision: float = 0.9  # train-scorer picks the lowest threshold reaching this held-out precision
     top_labels: int = 5
     device: str = "cpu"
 
@@ -111,7 +123,15 @@ class RunConfig:
     workers: int = 2
     retries: int = 1  # Dask re-runs a shard whose worker died; atomic commits make that safe
     html_files_per_shard: int = 200
+    pages_per_task: int = 400  # a WARC is split into record ranges of this many pages; small files are packed
     examples_per_reason: int = 3
+    # A step that drops more than this share of what enters it (with at least `warn_min_in` in) is reported
+    # loudly at the end of the run (stderr and funnel.md).
+    warn_drop_share: float = 0.9
+    warn_min_in: int = 20
+    # Bytes skipped while resynchronising a WARC (garbage, corrupt members): with strict_input the CLI exits
+    # with code 3 after writing the output; otherwise it only warns.
+    strict_input: bool = True
 
 
 @dataclass
@@ -128,6 +148,54 @@ class LaitConfig:
         return to_dict(self)
 
 
+BUILTIN_RACY = ("none", "heuristic")
+BUILTIN_TYPE = ("none", "heuristic", "learned")
+
+
+def _check_plugin(key: str, spec: str, builtin: tuple[str, ...]) -> None:
+    if spec in builtin:
+        return
+    if ":" not in spec:
+        raise ConfigError(
+            f"{key}: unknown classifier {spec!r}; use one of {', '.join(builtin)} or 'package.module:factory'"
+        )
+    mod, attr = spec.split(":", 1)
+    try:
+        module = importlib.import_module(mod)
+    except Exception as exc:  # noqa: BLE001 - any import failure is a config error naming the key
+        raise ConfigError(f"{key}: cannot import {mod!r} ({type(exc).__name__}: {exc})") from None
+    if not callable(getattr(module, attr, None)):
+        raise ConfigError(f"{key}: {mod!r} has no callable {attr!r}")
+
+
+def validate_lait_config(cfg: LaitConfig) -> LaitConfig:
+    """Plug-in names, weight files and value ranges, checked before any work (and by `lait show-config`)."""
+    _check_plugin("images.racy_classifier", cfg.images.racy_classifier, BUILTIN_RACY)
+    _check_plugin("images.type_classifier", cfg.images.type_classifier, BUILTIN_TYPE)
+    if cfg.images.photo_model is not None and not Path(cfg.images.photo_model).is_file():
+        raise ConfigError(f"images.photo_model: file not found: {cfg.images.photo_model}")
+    model = cfg.scoring.model
+    if model not in (None, "hand"):
+        if ":" in model and not Path(model).exists():
+            _check_plugin("scoring.model", model, ())
+        elif not Path(model).is_file():
+            raise ConfigError(
+                f"scoring.model: file not found: {model} (or use 'package.module:factory', 'hand')"
+            )
+    for key, value in (
+        ("images.photo_threshold", cfg.images.photo_threshold),
+        ("scoring.min_score", cfg.scoring.min_score),
+        ("scoring.target_precision", cfg.scoring.target_precision),
+        ("run.warn_drop_share", cfg.run.warn_drop_share),
+    ):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}: must be between 0 and 1, got {value}")
+    if cfg.run.pages_per_task < 1:
+        raise ConfigError(f"run.pages_per_task: must be >= 1, got {cfg.run.pages_per_task}")
+    return cfg
+
+
 def load_lait_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LaitConfig:
-    """YAML (optional) + `--set` overrides -> LaitConfig; unknown keys raise ConfigError naming the key."""
-    return load_config(LaitConfig, path, overrides)
+    """YAML (optional) + `--set` overrides -> LaitConfig; unknown keys and unknown plug-ins raise ConfigError
+    naming the key."""
+    return validate_lait_config(load_config(LaitConfig, path, overrides))

@@ -10,12 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STEPS = ("pages", "images", "text_candidates", "text", "scoring", "aggregation")
+# Steps whose records are pages (one page, one pair): every drop there is a line of rejects.jsonl.
+# text_candidates counts candidate descriptions of a page that may still be kept, so it is not a page reject.
+PAGE_STEPS = ("pages", "images", "text", "scoring", "aggregation")
 
 
 @dataclass
 class Funnel:
     examples_per_reason: int = 3
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejects: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # every dropped page: url, step, reason, detail
 
     def _step(self, step: str) -> dict[str, Any]:
         return self.steps.setdefault(step, {"in": 0, "kept": 0, "dropped": {}, "examples": {}})
@@ -33,6 +39,10 @@ class Funnel:
             ex = s["examples"].setdefault(reason, [])
             if len(ex) < self.examples_per_reason:
                 ex.append(example)
+        if step in PAGE_STEPS:
+            ex = dict(example) if isinstance(example, dict) else {"detail": example}
+            url = ex.pop("url", None) or ex.pop("page_url", None) or ""
+            self.rejects.append({"url": url, "step": step, "reason": reason, "detail": ex})
 
     def merge(self, other: Funnel) -> None:
         for name, o in other.steps.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,7 +71,10 @@ def decode_image(data: bytes, cfg: ImageConfig) -> CheckedImage:
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > cfg.max_pixels:
-                raise ImageReject("decompression_bomb", f"{w}x{h}")
+                raise ImageReject(
+                    "decompression_bomb",
+                    f"{w}x{h} = {w * h:,} pixels > images.max_pixels = {cfg.max_pixels:,}",
+                )
             if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
                 raise ImageReject("animated", f"{im.format} {getattr(im, 'n_frames', '?')} frames")
             if w <= cfg.min_side or h <= cfg.min_side:  # from the header: no pixels decoded yet
@@ -81,7 +85,12 @@ def decode_image(data: bytes, cfg: ImageConfig) -> CheckedImage:
     except ImageReject:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReject("decompression_bomb", str(exc)[:120]) from None
+        # Pillow's own message quotes its error limit (twice MAX_IMAGE_PIXELS); state ours.
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        got = f"{int(m.group(1)):,} pixels" if m else "size unknown"
+        raise ImageReject(
+            "decompression_bomb", f"{got} > images.max_pixels = {cfg.max_pixels:,} (from the header)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - every decoder failure is one reject reason
         raise ImageReject("undecodable", f"{type(exc).__name__}: {exc}"[:160]) from None
     finally:
@@ -146,12 +155,19 @@ def _always_normal(image: Image.Image) -> tuple[str, float]:
 
 
 def load_classifier(spec: str, cfg: ImageConfig, default: Callable[[ImageConfig], Classifier]) -> Classifier:
-    """ "heuristic" -> the built-in default; "none" -> keep everything; "pkg.mod:factory" -> factory(cfg)."""
+    """ "heuristic" -> the built-in rule; "learned" -> the shipped photo model; "none" -> keep everything;
+    "pkg.mod:factory" -> factory(cfg)."""
     if spec == "heuristic":
         return default(cfg)
     if spec == "none":
         return _always_normal
+    if spec == "learned":
+        from imagebert.lait.photoclf import learned_type
+
+        return learned_type(cfg)
     if ":" not in spec:
-        raise ValueError(f"classifier '{spec}' must be 'heuristic', 'none' or 'package.module:factory'")
+        raise ValueError(
+            f"classifier '{spec}' must be 'learned', 'heuristic', 'none' or 'package.module:factory'"
+        )
     mod, attr = spec.split(":", 1)
     return getattr(importlib.import_module(mod), attr)(cfg)

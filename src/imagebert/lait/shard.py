@@ -12,7 +12,7 @@ import os
 import shutil
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from imagebert.lait.sources import (
     Shard,
     charset_of,
     decode_html,
-    index_warc,
     iter_html_files,
     local_file_for,
     mirror_file_for,
@@ -81,12 +80,16 @@ class _Ctx:
     pairs: list[dict]
     image_cache: _LruCache
     neural: Any = None
+    min_score: float = 0.5
+    skipped: list = field(default_factory=list)  # bytes skipped while resynchronising, per file
 
 
 def load_scorer(cfg: LaitConfig) -> Any:
     """The default weights, a trained scorer file, or a user's scorer from "package.module:factory"."""
     spec = cfg.scoring.model
     if not spec:
+        return Scorer.shipped(neural=cfg.scoring.neural)
+    if spec == "hand":
         return Scorer.default(neural=cfg.scoring.neural)
     if ":" in spec and not Path(spec).exists():
         mod, attr = spec.split(":", 1)
@@ -113,6 +116,10 @@ def _make_ctx(cfg: LaitConfig, images_dir: Path) -> _Ctx:
         pairs=[],
         image_cache=_LruCache(IMAGE_CACHE_SIZE),
         neural=neural,
+        # scoring.min_score overrides; otherwise the threshold the scorer was trained to (stored in its file)
+        min_score=cfg.scoring.min_score
+        if cfg.scoring.min_score is not None
+        else float(getattr(scorer, "threshold", 0.5)),
     )
 
 
@@ -180,19 +187,42 @@ def _check_image(ctx: _Ctx, url: str, data: Any) -> CheckedImage | tuple[str, st
         label, conf = ctx.racy(img.thumb)
         if label != "normal":
             return "racy", f"{label} {conf:.2f}"
-        label, conf = ctx.kind(img.thumb)
-        if label != "normal":
-            return label, f"{conf:.2f}"
     except Exception as exc:  # noqa: BLE001 - a user classifier failing on one image rejects that image
         return "classifier_error", f"{type(exc).__name__}: {exc}"[:160]
     return img
 
 
+def _classify_type(ctx: _Ctx, checked: dict[str, Any]) -> None:
+    """The image-type classifier over every decoded image of a chunk, batched when it supports it."""
+    urls = [u for u, r in checked.items() if isinstance(r, CheckedImage)]
+    if not urls:
+        return
+    batch = getattr(ctx.kind, "batch", None)
+    try:
+        if batch is None:
+            raise TypeError
+        labels = batch([checked[u].thumb for u in urls])
+    except Exception:  # noqa: BLE001 - per image, so one bad image rejects only itself
+        labels = []
+        for u in urls:
+            try:
+                labels.append(ctx.kind(checked[u].thumb))
+            except Exception as exc:  # noqa: BLE001
+                labels.append(("classifier_error", f"{type(exc).__name__}: {exc}"[:160]))
+    for u, (label, conf) in zip(urls, labels, strict=True):
+        if label == "classifier_error":
+            checked[u] = (label, conf)
+        elif label != "normal":
+            checked[u] = (label, f"{conf:.2f}")
+
+
 def _process_chunk(ctx: _Ctx, pages: list[PageResult], warc_lookup, local_root: str | None) -> None:
     f = ctx.funnel
     fresh = _resolve_bytes(ctx, [p.image_url for p in pages], warc_lookup, local_root)
-    for url, data in fresh.items():
-        ctx.image_cache[url] = _check_image(ctx, url, data)
+    checked = {url: _check_image(ctx, url, data) for url, data in fresh.items()}
+    _classify_type(ctx, checked)
+    for url, res in checked.items():
+        ctx.image_cache[url] = res
     for page in pages:
         img = ctx.image_cache[page.image_url]
         example = {"url": page.url, "image": page.image_url}
@@ -222,7 +252,7 @@ def _process_chunk(ctx: _Ctx, pages: list[PageResult], warc_lookup, local_root: 
             if best is None or s > best[0]:
                 best = (s, c)
         score, cand = best
-        if score < ctx.cfg.scoring.min_score:
+        if score < ctx.min_score:
             f.drop("scoring", "low_score", {**example, "text": cand.text, "score": round(score, 4)})
             continue
         f.kept("scoring")
@@ -244,42 +274,58 @@ def _process_chunk(ctx: _Ctx, pages: list[PageResult], warc_lookup, local_root: 
         )
 
 
-def _run_pages(ctx: _Ctx, shard: Shard) -> None:
+def _run_warc_segment(ctx: _Ctx, warc: str, first: int, end: int, index_path: str) -> None:
+    from imagebert.lait.plan import load_index
+
     f = ctx.funnel
-    if shard.kind == "warc":
-        path = shard.paths[0]
-        idx = index_warc(path)
+    idx = load_index(index_path)
+    if first == 0:  # file-level read errors are counted once, by the task holding the file's first range
         for err in idx.errors:
-            f.drop("pages", err.reason, {"file": Path(path).name, "detail": err.detail})
-        with open(path, "rb") as fh:
+            if not err.reason.startswith("note_"):
+                f.drop("pages", err.reason, {"file": Path(warc).name, "detail": err.detail})
+        if idx.skipped_bytes:
+            ctx.skipped.append({"file": warc, "bytes": idx.skipped_bytes, "regions": idx.skipped_regions})
+    with open(idx.read_path or warc, "rb") as fh:
 
-            def warc_lookup(url: str):
-                off = idx.images.get(url)
-                if off is None:
-                    return None
-                try:
-                    _u, body, _ct, truncated = read_record_at(fh, off, ctx.cfg.images.max_bytes)
-                except Exception as exc:  # noqa: BLE001
-                    return ("truncated_record", f"{type(exc).__name__}")
-                if len(body) > ctx.cfg.images.max_bytes:
-                    return ("too_many_bytes", f">{ctx.cfg.images.max_bytes} bytes")
-                return ("truncated_record", url[:160]) if truncated else body
+        def warc_lookup(url: str):
+            off = idx.images.get(url)
+            if off is None:
+                return None
+            try:
+                _u, body, _ct, truncated = read_record_at(fh, off, ctx.cfg.images.max_bytes)
+            except Exception as exc:  # noqa: BLE001
+                return ("truncated_record", f"{type(exc).__name__}")
+            if len(body) > ctx.cfg.images.max_bytes:
+                return ("too_many_bytes", f">{ctx.cfg.images.max_bytes} bytes")
+            return ("truncated_record", url[:160]) if truncated else body
 
-            batch: list[PageResult] = []
-            for off in idx.pages:
-                try:
-                    url, body, ct, truncated = read_record_at(fh, off, ctx.cfg.pages.max_html_bytes)
-                except Exception as exc:  # noqa: BLE001
-                    f.drop("pages", "truncated_record", {"offset": off, "detail": type(exc).__name__})
-                    continue
-                res = _page_step(ctx, RawPage(url, body, charset_of(ct), truncated))
-                if res is not None:
-                    batch.append(res)
-                if len(batch) >= CHUNK:
-                    _process_chunk(ctx, batch, warc_lookup, None)
-                    batch = []
-            if batch:
+        batch: list[PageResult] = []
+        for off in idx.pages[first:end]:
+            try:
+                url, body, ct, truncated = read_record_at(fh, off, ctx.cfg.pages.max_html_bytes)
+            except Exception as exc:  # noqa: BLE001
+                f.drop(
+                    "pages",
+                    "truncated_record",
+                    {"file": Path(warc).name, "offset": off, "detail": type(exc).__name__},
+                )
+                continue
+            res = _page_step(ctx, RawPage(url, body, charset_of(ct), truncated))
+            if res is not None:
+                batch.append(res)
+            if len(batch) >= CHUNK:
                 _process_chunk(ctx, batch, warc_lookup, None)
+                batch = []
+        if batch:
+            _process_chunk(ctx, batch, warc_lookup, None)
+
+
+def _run_pages(ctx: _Ctx, shard: Shard, work_dir: str | Path) -> None:
+    if shard.kind == "warc":
+        from imagebert.lait.plan import index_file_for
+
+        for warc, first, end in shard.segments:
+            _run_warc_segment(ctx, warc, first, end, str(index_file_for(work_dir, warc)))
     else:
         batch = []
         for page in iter_html_files(shard):
@@ -297,7 +343,9 @@ def shard_dir(work_dir: str | Path, shard: Shard) -> Path:
     return Path(work_dir) / "shards" / shard.name
 
 
-def process_shard(shard: Shard, cfg: LaitConfig, work_dir: str | Path) -> dict[str, Any]:
+def process_shard(
+    shard: Shard, cfg: LaitConfig, work_dir: str | Path, fingerprint: str = ""
+) -> dict[str, Any]:
     """Steps 1-4 for one shard; idempotent: an existing committed shard folder is left alone."""
     final = shard_dir(work_dir, shard)
     if final.is_dir():
@@ -306,13 +354,23 @@ def process_shard(shard: Shard, cfg: LaitConfig, work_dir: str | Path) -> dict[s
     (tmp / "images").mkdir(parents=True)
     try:
         ctx = _make_ctx(cfg, tmp / "images")
-        _run_pages(ctx, shard)
+        _run_pages(ctx, shard, work_dir)
         with open(tmp / "pairs.jsonl", "w", encoding="utf-8") as fh:
             for row in ctx.pairs:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        meta = {"shard": shard.name, "inputs": list(shard.paths), "funnel": ctx.funnel.to_dict()}
+        with open(tmp / "rejects.jsonl", "w", encoding="utf-8") as fh:
+            for row in ctx.funnel.rejects:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        meta = {
+            "shard": shard.name,
+            "inputs": list(shard.paths),
+            "segments": [list(x) for x in shard.segments],
+            "config_fingerprint": fingerprint,
+            "skipped": ctx.skipped,
+            "funnel": ctx.funnel.to_dict(),
+        }
         (tmp / "funnel.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-        for fh_path in (tmp / "pairs.jsonl", tmp / "funnel.json"):
+        for fh_path in (tmp / "pairs.jsonl", tmp / "rejects.jsonl", tmp / "funnel.json"):
             with open(fh_path, "rb") as fh:
                 os.fsync(fh.fileno())
         try:

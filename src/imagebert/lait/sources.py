@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +25,14 @@ HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 
 @dataclass(frozen=True)
 class Shard:
-    """One unit of work: `kind` is "warc" (one file) or "html" (a group of files under `root`)."""
+    """One unit of work: `kind` is "warc" (page ranges of one or more WARC files) or "html" (a group of files
+    under `root`). `segments` = (warc path, first page, end page) into each file's index."""
 
     name: str
     kind: str
     paths: tuple[str, ...]
     root: str = ""
+    segments: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass
@@ -54,6 +58,10 @@ class WarcIndex:
     pages: list[int] = field(default_factory=list)
     images: dict[str, int] = field(default_factory=dict)
     errors: list[ShardReadError] = field(default_factory=list)
+    skipped_bytes: int = 0
+    skipped_regions: int = 0
+    read_path: str = ""
+    whole_gzip: bool = False
 
 
 def _shard_name(path: Path, extra: str = "") -> str:
@@ -64,19 +72,22 @@ def _shard_name(path: Path, extra: str = "") -> str:
     return f"{stem}-{digest}"
 
 
-def discover_shards(inputs: list[str | Path], html_files_per_shard: int = 200) -> list[Shard]:
-    """WARC files become one shard each; each HTML folder is split into groups of `html_files_per_shard` files."""
+def discover_inputs(
+    inputs: list[str | Path], html_files_per_shard: int = 200
+) -> tuple[list[str], list[Shard]]:
+    """(WARC files, HTML shards), every path made absolute here, in the client, so a worker with another working
+    directory (a Dask cluster) finds the same files."""
+    warcs: list[str] = []
     shards: list[Shard] = []
     for item in inputs:
-        p = Path(item)
+        p = Path(item).expanduser().resolve()
         if p.is_file():
             if p.name.endswith(HTML_SUFFIXES):
                 shards.append(Shard(_shard_name(p), "html", (str(p),), str(p.parent)))
             else:
-                shards.append(Shard(_shard_name(p), "warc", (str(p),)))
+                warcs.append(str(p))
         elif p.is_dir():
-            warcs = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(WARC_SUFFIXES))
-            shards += [Shard(_shard_name(f), "warc", (str(f),)) for f in warcs]
+            warcs += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.name.endswith(WARC_SUFFIXES)]
             htmls = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(HTML_SUFFIXES))
             for i in range(0, len(htmls), html_files_per_shard):
                 group = htmls[i : i + html_files_per_shard]
@@ -85,15 +96,14 @@ def discover_shards(inputs: list[str | Path], html_files_per_shard: int = 200) -
                         _shard_name(p, f"#{i}|" + "|".join(f"{f.name}:{f.stat().st_size}" for f in group)),
                         "html",
                         tuple(str(f) for f in group),
-                        str(p.resolve()),
+                        str(p),
                     )
                 )
         else:
-            raise FileNotFoundError(f"LAIT input not found: {p}")
-    names = [s.name for s in shards]
-    if len(set(names)) != len(names):
-        raise ValueError("two inputs map to the same shard name; pass each file once")
-    return sorted(shards, key=lambda s: s.name)
+            raise FileNotFoundError(f"LAIT input not found: {item} (resolved to {p})")
+    if len(set(warcs)) != len(warcs):
+        raise ValueError("a WARC file is given twice; pass each file once")
+    return warcs, shards
 
 
 def _content_type(rec) -> str:
@@ -107,30 +117,110 @@ def charset_of(content_type: str) -> str | None:
     return m.group(1) if m else None
 
 
-def index_warc(path: str) -> WarcIndex:
-    """One pass over the file: where each HTML page and each image response starts. Never raises on bad input."""
-    idx = WarcIndex(path)
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+_WARC_MAGIC = b"WARC/"
+_SCAN_BLOCK = 1 << 20
+
+
+def _looks_like_record(fh, pos: int, gz: bool) -> bool:
+    """Does a WARC record start at `pos`? (gzip: the member inflates to "WARC/"; plain: the bytes are "WARC/")."""
+    fh.seek(pos)
+    head = fh.read(4096)
+    if not gz:
+        return head.startswith(_WARC_MAGIC)
     try:
-        with open(path, "rb") as f:
-            it = ArchiveIterator(f)
-            for rec in it:
-                if rec.rec_type != "response" or rec.http_headers is None:
-                    continue
-                ct = _content_type(rec)
-                url = rec.rec_headers.get_header("WARC-Target-URI") or ""
-                status = rec.http_headers.get_statuscode() or ""
-                if not status.startswith("2"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 16).startswith(_WARC_MAGIC)
+    except zlib.error:
+        return False
+
+
+def _next_record_start(fh, pos: int, gz: bool) -> int | None:
+    """The first offset >= pos where a readable record starts (scan for the gzip or WARC magic), else None."""
+    magic = _GZIP_MAGIC if gz else _WARC_MAGIC
+    while True:
+        fh.seek(pos)
+        block = fh.read(_SCAN_BLOCK + len(magic))
+        if len(block) < len(magic):
+            return None
+        i = block.find(magic)
+        while i != -1 and i < _SCAN_BLOCK:
+            if _looks_like_record(fh, pos + i, gz):
+                return pos + i
+            i = block.find(magic, i + 1)
+        if len(block) <= _SCAN_BLOCK:
+            return None
+        pos += _SCAN_BLOCK
+
+
+def decompress_whole_gzip(path: str, dest: Path) -> Path:
+    """Inflate a whole-file-gzip WARC to a plain WARC (readable by offset); the copy lives in the work folder."""
+    import gzip
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    with gzip.open(path, "rb") as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    os.replace(tmp, dest)
+    return dest
+
+
+def index_warc(path: str, read_path: str | None = None) -> WarcIndex:
+    """One pass over the file: where each HTML page and each image response starts. Never raises on bad input.
+
+    Unreadable bytes (garbage between records, a corrupt member) do not end the pass: the reader resynchronises
+    at the next offset where a record starts and counts what it skipped (`skipped_bytes`, `skipped_regions`).
+    `read_path` is the file actually read (a plain copy of a whole-file-gzip WARC); `path` names it in reports.
+    """
+    idx = WarcIndex(path)
+    src = read_path or path
+    idx.read_path = src
+    size = Path(src).stat().st_size
+    with open(src, "rb") as f:
+        gz = f.read(3) == _GZIP_MAGIC
+        pos = 0
+        while pos is not None and pos < size:
+            f.seek(pos)
+            good_end = pos
+            try:
+                it = ArchiveIterator(f)
+                for rec in it:
+                    off = it.get_record_offset()
+                    good_end = off + it.get_record_length()
+                    if rec.rec_type != "response" or rec.http_headers is None:
+                        continue
+                    ct = _content_type(rec)
+                    url = rec.rec_headers.get_header("WARC-Target-URI") or ""
+                    status = rec.http_headers.get_statuscode() or ""
+                    if not status.startswith("2"):
+                        if ct.startswith(HTML_TYPES):
+                            idx.errors.append(ShardReadError("http_status", f"{status} {url}"[:200]))
+                        continue
                     if ct.startswith(HTML_TYPES):
-                        idx.errors.append(ShardReadError("http_status", f"{status} {url}"[:200]))
-                    continue
-                if ct.startswith(HTML_TYPES):
-                    idx.pages.append(it.get_record_offset())
-                elif ct.startswith("image/") and url:
-                    idx.images.setdefault(url, it.get_record_offset())
-    except Exception as exc:  # noqa: BLE001 - any unreadable byte sequence is a counted reject
-        idx.errors.append(
-            ShardReadError("warc_unreadable", f"{Path(path).name}: {type(exc).__name__}: {exc}"[:200])
-        )
+                        idx.pages.append(off)
+                    elif ct.startswith("image/") and url:
+                        idx.images.setdefault(url, off)
+                pos = None  # clean end of file
+            except Exception as exc:  # noqa: BLE001 - any unreadable byte sequence is counted, then skipped
+                if "non-chunked gzip" in str(exc):
+                    idx.whole_gzip = True  # the caller inflates the file once and indexes the plain copy
+                    idx.pages, idx.images = [], {}
+                    return idx
+                good_end = max(good_end, pos)
+                nxt = _next_record_start(f, good_end + 1, gz)
+                end = size if nxt is None else nxt
+                idx.skipped_bytes += end - good_end
+                idx.skipped_regions += 1
+                idx.errors.append(
+                    ShardReadError(
+                        "warc_unreadable",
+                        f"{Path(path).name} @ {good_end}: {end - good_end} bytes skipped "
+                        f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"[
+                            :240
+                        ],
+                    )
+                )
+                pos = nxt
     return idx
 
 

@@ -46,7 +46,7 @@ def read_labels(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def train_from_jsonl(labels: str | Path, out: str | Path, cfg: LaitConfig) -> dict[str, float]:
+def train_from_jsonl(labels: str | Path, out: str | Path, cfg: LaitConfig) -> dict[str, Any]:
     rows = read_labels(labels)
     neural = None
     if cfg.scoring.neural:
@@ -57,7 +57,8 @@ def train_from_jsonl(labels: str | Path, out: str | Path, cfg: LaitConfig) -> di
     def features(row: dict) -> dict[str, float]:
         try:
             with Image.open(row["image"]) as im:
-                rgb = im.convert("RGB")
+                width, height = im.size  # from the header: pixels are decoded only for the neural features
+                rgb = im.convert("RGB") if neural is not None else None
         except Exception as exc:  # noqa: BLE001
             raise InputError(
                 f"cannot decode image: {exc}", path=labels, record=row["_line"], field="image"
@@ -68,15 +69,17 @@ def train_from_jsonl(labels: str | Path, out: str | Path, cfg: LaitConfig) -> di
             row.get("source", "alt"),
             len(words),
             oov_ratio(words, cfg.text.min_zipf_frequency),
-            rgb.width,
-            rgb.height,
+            width,
+            height,
         )
         if neural is not None:
             rgb.thumbnail((256, 256))
             feats.update(neural.cross_features(row["text"], neural.labels(rgb, cfg.scoring.top_labels)))
         return feats
 
-    scorer, metrics = train_scorer(rows, features, neural=neural is not None)
+    scorer, metrics = train_scorer(
+        rows, features, neural=neural is not None, target_precision=cfg.scoring.target_precision
+    )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     scorer.save(out)
     return metrics
