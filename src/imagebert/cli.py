@@ -18,6 +18,7 @@ AREAS = (
     "imagebert.retrieval.cli",
     "imagebert.lait.cli",
     "imagebert.demo.cli",
+    "imagebert.serve.cli",
 )
 
 
@@ -45,9 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    from imagebert.config_utils import ConfigError
+    from imagebert.errors import InputError
+
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
+    except (
+        CliError,
+        InputError,
+        ConfigError,
+    ) as exc:  # user errors: one line, exit 2 (a traceback is for bugs)
         print(f"imagebert {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
