@@ -13,10 +13,11 @@ import torch
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "experiments"
 
 
-def machine() -> str:
+def machine(threads: bool = True) -> str:
     """The machine, as the result files name it (read when the results are written)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.machine()} CPU, {cores} cores, {torch.get_num_threads()} torch thread(s)"
+    text = f"{platform.machine()} CPU, {cores} cores"
+    return f"{text}, {torch.get_num_threads()} torch thread(s)" if threads else text
 
 
 def tiny_bert(folder: Path, hidden: int = 64, layers: int = 2) -> Path:

@@ -30,7 +30,7 @@ def test_demo_pipeline_runs_end_to_end_on_a_tiny_corpus(tmp_path, tiny_bert_path
     text = report.read_text()
     assert "| chance |" in text and "fine-tuned" in text
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert len(summary) == 6  # chance, words, zero-shot, fine-tuned, and both again on detector-like features
+    assert len(summary) == 5  # chance, words, zero-shot, fine-tuned, and fine-tuned on detector-like features
     assert "detector-like features: fine-tuned" in summary
     assert "## Learning health (pre-training)" in text and "| EfficientNet features |" in text
     assert "| fast k=2 |" in text  # fast mode measured beside exhaustive on the fine-tuned checkpoint

@@ -47,6 +47,8 @@ class EvalOptions:
     block_images: int = 100
     cache_dir: str | None = None  # resumable score matrices live here
     fingerprint: dict = field(default_factory=dict)  # what identifies the model (checkpoint, weights mtime)
+    # fast mode on a model whose contrastive projections were never trained is refused unless this is set
+    allow_untrained_itc: bool = False
 
 
 def _gallery_hash(g: Gallery) -> str:
@@ -117,7 +119,8 @@ def _fast(
     t0 = time.perf_counter()
     if first is None:
         t_emb, i_emb = embed_gallery(model, collator, g, device=opts.device, precision=opts.precision,
-                                     batch_size=max(opts.batch_size, 64))  # fmt: skip
+                                     batch_size=max(opts.batch_size, 64),
+                                     allow_untrained=opts.allow_untrained_itc)  # fmt: skip
         first = first_stage_scores(t_emb, i_emb)
     t_first = time.perf_counter() - t0
     k_ir, k_tr = min(k, g.num_images), min(k, g.num_captions)
@@ -222,10 +225,14 @@ def load_retrieval_model(checkpoint: str | Path, device: str | torch.device = "c
     """(ImageBertForRetrieval, PairCollator) from a pre-training or fine-tuning checkpoint folder."""
     from imagebert.data.collate import PairCollator
     from imagebert.modeling import ImageBertForRetrieval, load_tokenizer
+    from imagebert.training.checkpoint import verify_checkpoint
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint}: not a checkpoint folder (no config.json)")
+    verify_checkpoint(
+        checkpoint, trainer_files=False
+    )  # a truncated model.safetensors: one line, not a traceback
     model = ImageBertForRetrieval.from_pretrained(str(checkpoint)).to(device)
     model.eval()
     has_vocab = (checkpoint / "vocab.txt").is_file() or (checkpoint / "tokenizer.json").is_file()

@@ -152,6 +152,9 @@ class _Indices(torch.utils.data.Dataset):
 class RetrievalTask:
     """Builds positive + candidate-pool batches and computes the fine-tuning loss (a `TrainTask`)."""
 
+    # one counted sample: a positive pair, scored with its 2 x num_negatives negatives
+    sample_unit = "positives"
+
     def __init__(self, dataset: Any, collator: Any, negatives: NegativesConfig, loss: LossConfig) -> None:
         self.ds = dataset
         self.collator = collator

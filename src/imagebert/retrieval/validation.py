@@ -116,7 +116,9 @@ def run_gallery_validation(scorer: ModelPairScorer, ks: tuple[int, ...] = (1, 5,
     caps, imgs = np.meshgrid(np.arange(g.num_captions), np.arange(g.num_images), indexing="ij")
     scores = scorer.score_pairs(caps.reshape(-1), imgs.reshape(-1)).reshape(g.num_captions, g.num_images)
     res = recall_at_k(scores, np.asarray(g.caption_image), ks)
-    out = {f"val_ir_r{k}": float(v) for k, v in res.ir.items()} | {f"val_tr_r{k}": float(v) for k, v in res.tr.items()}
+    out = {f"val_ir_r{k}": float(v) for k, v in res.ir.items()} | {
+        f"val_tr_r{k}": float(v) for k, v in res.tr.items()
+    }
     out["val_rsum"] = float(sum(res.ir.values()) + sum(res.tr.values()))
     out["val_gallery"] = f"{g.num_images} images x {g.num_captions} captions"
     return out

@@ -161,6 +161,7 @@ def validate_config(cfg: PretrainConfig, *, check_paths: bool = True) -> None:
 class PretrainTask:
     """Builds four-task batches (negatives, collation, masking) and computes the model's summed loss."""
 
+    sample_unit = "pairs"  # one counted sample: an image-text pair (matched or negative)
     MODEL_KEYS = (
         "input_ids", "attention_mask", "region_features", "region_locations", "region_mask", "mlm_labels",
         "region_masked", "moc_labels", "mrfr_targets", "itm_labels", "itc_input_ids", "itc_attention_mask",

@@ -177,6 +177,12 @@ class Trainer:
         extra_meta: dict[str, Any] | None = None,
     ) -> None:
         config.validate()
+        if config.checkpoint_every < 0:  # the CLIs check it too; this guards the Python API
+            from imagebert.config_utils import ConfigError
+
+            raise ConfigError(
+                f"training.checkpoint_every must be >= 0 (0 = only at the end), got {config.checkpoint_every}"
+            )
         self.config = config
         self.task = task
         self.dataset = dataset
@@ -242,6 +248,8 @@ class Trainer:
         self.batch_in_epoch = 0
         self.metrics_file = self.out_dir / "metrics.jsonl"
         self._writer = None
+        # what one counted sample is (pre-training: a pair; fine-tuning: a positive with its negatives)
+        self.sample_unit = str(getattr(task, "sample_unit", "samples"))
         self.health = ChanceMonitor(
             getattr(task, "chance_losses", {}), config.chance_warning_steps, config.chance_tolerance
         )
@@ -317,6 +325,7 @@ class Trainer:
                 f"{path}: saved with world size {state['world_size']}, resuming with {self.dist.world_size}; "
                 "resume with the same number of processes (the data order depends on it)"
             )
+        ckpt.check_safetensors(path / "model.safetensors")  # a truncated file: one error naming it
         weights = load_file(str(path / "model.safetensors"), device="cpu")
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
@@ -386,6 +395,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:  # temporaries of a killed run's checkpoint writes (GBs at real size)
+            ckpt.remove_stale_temporaries(self.out_dir)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         cfg = self.config
@@ -469,13 +480,14 @@ class Trainer:
                         "loss_avg": sums["loss"] / steps_since,
                         "grad_norm": grad_norm,
                         "samples_per_s": samples_since / elapsed,
+                        "sample_unit": self.sample_unit,
                         "world_size": world,
                     }
                     self._log(record)
                     bar.set_postfix(
                         {"loss": f"{sums['loss'] / steps_since:.3f}"}
                         | {n: f"{sums[n] / steps_since:.3f}" for n in step_parts}
-                        | {"samples/s": f"{samples_since / elapsed:.1f}"},
+                        | {f"{self.sample_unit}/s": f"{samples_since / elapsed:.1f}"},
                         refresh=False,
                     )
                     t_last, samples_since, steps_since, sums = time.perf_counter(), 0, 0, {}
