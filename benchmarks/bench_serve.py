@@ -195,7 +195,7 @@ def main() -> None:
     lines = [
         "# `imagebert serve` benchmark",
         "",
-        f"Command: `nice -n 19 .venv/bin/python benchmarks/bench_serve.py --requests {args.requests}` "
+        f"Command: `.venv/bin/python benchmarks/bench_serve.py {' '.join(sys.argv[1:])}`".rstrip() + " "
         f"(written by the script). Machine: {MACHINE} ({platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {args.threads} torch threads), shared with other jobs while it ran, so "
         "absolute numbers are pessimistic. Model: tiny ImageBERT (2 layers, hidden 64, ITC dim 32) trained for "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ORDER = ["speed", "training", "retrieval", "data", "extraction", "lait"]
+ORDER = ["speed", "training", "retrieval", "data", "extraction", "lait", "serve"]
 HEADER = """# Benchmarks
 
 Every figure below was produced by the command printed beside it, on the machine named with it. No test asserts

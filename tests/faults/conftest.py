@@ -1,23 +1,12 @@
-"""Shared fixtures for the robustness tests: the tiny BERT, checkpoint and dataset writers of the area suites."""
+"""The fault-injection tests use the robustness suite's fixtures (tiny BERT, checkpoint, dataset writers, one
+intra-op thread)."""
 
-from __future__ import annotations
-
-import pytest
-
-from tests.retrieval.conftest import tiny_checkpoint, write_karpathy_dataset  # noqa: F401
-from tests.training.conftest import (  # noqa: F401
+from tests.robustness.conftest import (  # noqa: F401
+    _one_thread,
     make_corpus,
     tiny_bert,
+    tiny_checkpoint,
     write_dataset,
+    write_karpathy_dataset,
     write_pretrain_yaml,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

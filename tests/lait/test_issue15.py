@@ -96,7 +96,18 @@ def test_rerun_with_another_config_does_not_reuse_shards(tmp_path, capsys):
     )
     assert len(_captions(out)) == 4
     capsys.readouterr()
-    args = ["lait", "run", str(warc), "--out", str(out), "--workers", "1", "--set", "text.max_words=5"]
+    args = [
+        "lait",
+        "run",
+        str(warc),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--resume",
+        "--set",
+        "text.max_words=5",
+    ]
     assert main(args + sum((["--set", r] for r in RULES), [])) == 0
     said = capsys.readouterr().out
     assert "(1 processed, 0 already done)" in said and "another config" in said
@@ -168,7 +179,18 @@ def test_garbage_between_records_resynchronises_and_exits_non_zero(tmp_path, cap
     assert report["steps"]["pages"]["dropped"] == {"warc_unreadable": 1}
     assert "WARNINGS" in (out / "funnel.md").read_text()
     code = main(
-        ["lait", "run", str(warc), "--out", str(out), "--workers", "1", "--set", "run.strict_input=false"]
+        [
+            "lait",
+            "run",
+            str(warc),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--resume",
+            "--set",
+            "run.strict_input=false",
+        ]
         + sum((["--set", r] for r in RULES), [])
     )
     assert code == 0 and "skipped 5000" in capsys.readouterr().err
@@ -248,3 +270,18 @@ def test_shipped_scorer_is_the_default_and_separates_its_rules():
     bad = score("Read more about our services and sign up for the newsletter", "surrounding")
     assert good >= s.threshold > bad
     assert 0.0 < s.threshold < 1.0 and s.info["target_reached"]
+
+
+def test_lait_run_refuses_an_existing_output_folder_without_resume(corpus, tmp_path, capsys):
+    """Issue 12 for LAIT: no silent mixing with an earlier run; --resume continues, --overwrite starts again."""
+    from imagebert.cli import main
+
+    out = tmp_path / "out"
+    warc = corpus["crawl"] / "a.warc.gz"
+    assert main(["lait", "run", str(warc), "--out", str(out), "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["lait", "run", str(warc), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and err.count("\n") == 1
+    assert main(["lait", "run", str(warc), "--out", str(out), "--workers", "1", "--resume"]) == 0
+    assert "already done" in capsys.readouterr().out

@@ -21,6 +21,12 @@ def register(subparsers) -> None:
     run.add_argument(
         "--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)"
     )
+    run.add_argument(
+        "--resume", action="store_true", help="continue an existing output folder (finished tasks are kept)"
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="delete an existing output folder and start again"
+    )
     run.set_defaults(func=_run)
 
     tr = sub.add_parser(
@@ -88,12 +94,18 @@ def _config(args):
 def _run(args: argparse.Namespace) -> int:
     from imagebert.cli import CliError
     from imagebert.lait.pipeline import LaitRunError, run_lait
+    from imagebert.rundir import open_run_dir
 
     cfg = _config(args)
+    # one writer per output folder, and no silent mixing with an earlier run's output
+    lock = open_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, what="LAIT output folder")
     try:
         summary = run_lait(args.inputs, args.out, cfg, scheduler=args.scheduler, workers=args.workers)
     except (FileNotFoundError, ValueError, LaitRunError) as exc:
         raise CliError(str(exc)) from exc
+    finally:
+        if lock is not None:
+            lock.release()
     print(
         f"lait: {summary['pairs']} pairs from {summary['shards']} shards "
         f"({summary['processed']} processed, {summary['skipped']} already done); "
