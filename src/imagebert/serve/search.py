@@ -131,11 +131,7 @@ class ModelWorker:
             e = self.model.encode_text(
                 enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
             )
-        e = e.float().cpu().numpy()
-        start = 0
-        for j in group:
-            j.future.set_result(e[start : start + len(j.texts)])
-            start += len(j.texts)
+        _deliver(group, e.float().cpu().numpy(), [len(j.texts) for j in group])
 
     def _run_image(self, group: list[_Job]) -> None:
         records = [r for j in group for r in j.records]
@@ -144,11 +140,7 @@ class ModelWorker:
             e = self.model.encode_image(reg["region_features"].to(self.device),
                                         reg["region_locations"].to(self.device),
                                         reg["region_mask"].to(self.device))  # fmt: skip
-        e = e.float().cpu().numpy()
-        start = 0
-        for j in group:
-            j.future.set_result(e[start : start + len(j.records)])
-            start += len(j.records)
+        _deliver(group, e.float().cpu().numpy(), [len(j.records) for j in group])
 
     def _run_pairs(self, group: list[_Job]) -> None:
         texts: list[str] = []
@@ -267,3 +259,11 @@ class Searcher:
 def _timings(t0: float, t1: float, t2: float, t3: float, shared: int) -> dict:
     return {"encode_query": 1000 * (t1 - t0), "first_stage": 1000 * (t2 - t1), "rerank": 1000 * (t3 - t2),
             "total": 1000 * (t3 - t0), "requests_in_rerank_batch": shared}  # fmt: skip
+
+
+def _deliver(group: list[_Job], rows: np.ndarray, counts: list[int]) -> None:
+    """Hand each job of a batched pass its own consecutive rows."""
+    start = 0
+    for job, n in zip(group, counts, strict=True):
+        job.future.set_result(rows[start : start + n])
+        start += n
