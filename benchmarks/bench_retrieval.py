@@ -115,8 +115,8 @@ def projections(rates: dict[str, float]) -> list[dict]:
 def small_model_fast_vs_exhaustive(num_images: int, ks: list[int], steps: int, workdir: Path) -> dict:
     from imagebert.modeling import ImageBertConfig, ImageBertForPreTraining, load_tokenizer
     from imagebert.retrieval.evaluate import EvalOptions, evaluate_gallery, load_retrieval_model
-    from imagebert.retrieval.finetune import FinetuneConfig, LossConfig, NegativesConfig, run_finetuning
     from imagebert.retrieval.scorers import Gallery
+    from imagebert.tasks.retrieval import FinetuneConfig, LossConfig, NegativesConfig, run_finetuning
     from imagebert.training.pairs import InMemoryPairDataset
     from imagebert.training.trainer import TrainerConfig
 

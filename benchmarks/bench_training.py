@@ -70,9 +70,9 @@ def corpus(n_images: int, regions: int, dim: int, seed: int = 0):
 
 def bench_imagebert(precision: str, batch: int, steps: int, out: Path) -> dict:
     from imagebert.modeling import ImageBertConfig, ImageBertForPreTraining, default_bert_path, load_tokenizer
+    from imagebert.tasks.pretraining import ItmConfig, MaskingConfig
     from imagebert.training import PairPool, PretrainTask, Trainer, TrainerConfig
     from imagebert.training.pairs import InMemoryPairDataset
-    from imagebert.training.pretraining import ItmConfig, MaskingConfig
 
     torch.manual_seed(0)
     cfg = ImageBertConfig(

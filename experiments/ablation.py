@@ -97,7 +97,7 @@ def small_test_dataset(dataset_yaml: Path, out: Path, test_images: int) -> Path:
 
 
 def _pretrain(dataset: Path, out: Path, steps: int, extra: list[str], stages: list[tuple[str, Path]]) -> Path:
-    from imagebert.training.pretraining import load_pretrain_config, run_pretraining
+    from imagebert.tasks.pretraining import load_pretrain_config, run_pretraining
 
     overrides = [f"stages.0.datasets=[{stages[0][1]}]", f"stages.0.steps={steps}", "training.batch_size=32",
                  "training.progress_bar=false", "training.tensorboard=false", "training.checkpoint_every=0",
@@ -113,7 +113,7 @@ def _pretrain(dataset: Path, out: Path, steps: int, extra: list[str], stages: li
 
 
 def _finetune(dataset: Path, init: Path | None, out: Path, steps: int) -> Path:
-    from imagebert.retrieval.finetune import load_finetune_config, run_finetuning
+    from imagebert.tasks.retrieval import load_finetune_config, run_finetuning
 
     overrides = [f"dataset={dataset}", f"training.steps={steps}", "training.batch_size=16",
                  "training.precision=bf16", "training.checkpoint_every=0", "validation=null"]  # fmt: skip

@@ -37,7 +37,7 @@ def tiny_bert(folder: Path, hidden: int = 64, layers: int = 2) -> Path:
 
 def pretrain_in_memory(datasets: list[Any], out: Path, bert: Path, overrides: list[str]) -> list[dict]:
     """Run `run_pretraining` on in-memory datasets with a one-stage config; returns the metrics records."""
-    from imagebert.training.pretraining import load_pretrain_config, run_pretraining
+    from imagebert.tasks.pretraining import load_pretrain_config, run_pretraining
 
     out.mkdir(parents=True, exist_ok=True)
     yaml_path = out / "stage.yaml"

@@ -26,7 +26,7 @@ VARIANTS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    from imagebert.retrieval.finetune import load_finetune_config, run_finetuning
+    from imagebert.tasks.retrieval import load_finetune_config, run_finetuning
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo-out", default="demo_out")

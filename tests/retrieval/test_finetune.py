@@ -8,7 +8,7 @@ import pytest
 
 from imagebert.cli import main
 from imagebert.config_utils import ConfigError
-from imagebert.retrieval.finetune import load_finetune_config
+from imagebert.tasks.retrieval import load_finetune_config
 
 from .conftest import write_karpathy_dataset
 

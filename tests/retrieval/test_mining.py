@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from imagebert.retrieval.finetune import LossConfig, NegativesConfig, RetrievalTask
 from imagebert.retrieval.mining import sample_negative_captions, sample_negative_images, select_hard
+from imagebert.tasks.retrieval import LossConfig, NegativesConfig, RetrievalTask
 
 from .conftest import make_records
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from imagebert.data.masking import IGNORE_INDEX, MaskingConfig
+from imagebert.tasks.pretraining import ItmConfig, PretrainTask
 from imagebert.training.pairs import InMemoryPairDataset, PairPool
-from imagebert.training.pretraining import ItmConfig, PretrainTask
 
 from .conftest import make_corpus, tiny_model_overrides
 

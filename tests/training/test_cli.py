@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imagebert.cli import main
-from imagebert.training.pretraining import load_pretrain_config
+from imagebert.tasks.pretraining import load_pretrain_config
 
 from .conftest import make_corpus, write_dataset, write_pretrain_yaml
 

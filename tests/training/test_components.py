@@ -77,8 +77,8 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
 
 
 def test_init_from_an_imagebert_checkpoint(tiny_bert, tmp_path):
+    from imagebert.tasks.pretraining import PretrainConfig, StageConfig, run_pretraining
     from imagebert.training.pairs import InMemoryPairDataset
-    from imagebert.training.pretraining import PretrainConfig, StageConfig, run_pretraining
     from imagebert.training.trainer import TrainerConfig
 
     from .conftest import make_corpus, tiny_model_overrides
@@ -110,8 +110,8 @@ def test_init_from_an_imagebert_checkpoint(tiny_bert, tmp_path):
 def test_epochs_count_optimizer_steps_with_accumulation(tiny_bert, tmp_path):
     import json
 
+    from imagebert.tasks.pretraining import PretrainConfig, StageConfig, run_pretraining
     from imagebert.training.pairs import InMemoryPairDataset
-    from imagebert.training.pretraining import PretrainConfig, StageConfig, run_pretraining
     from imagebert.training.trainer import TrainerConfig
 
     from .conftest import make_corpus, tiny_model_overrides

@@ -28,7 +28,7 @@ def detector_like_corpus(shuffle_captions: bool = False):
 
 
 def _config(tmp_path: Path, bert: Path, steps: int, extra: list[str]):
-    from imagebert.training.pretraining import load_pretrain_config
+    from imagebert.tasks.pretraining import load_pretrain_config
 
     yaml_path = tmp_path / "p.yaml"
     yaml_path.write_text("stages:\n  - name: s\n    datasets: []\n", encoding="utf-8")
@@ -45,7 +45,7 @@ def _config(tmp_path: Path, bert: Path, steps: int, extra: list[str]):
 def test_itm_accuracy_rises_well_above_chance(tmp_path, tiny_bert):
     from imagebert.data.masking import MaskingConfig
     from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
-    from imagebert.training.pretraining import ItmConfig, PretrainTask, run_pretraining
+    from imagebert.tasks.pretraining import ItmConfig, PretrainTask, run_pretraining
 
     ds = detector_like_corpus()
     cfg = _config(tmp_path, tiny_bert, 800, [])
@@ -78,7 +78,7 @@ def test_itm_accuracy_rises_well_above_chance(tmp_path, tiny_bert):
 
 
 def test_chance_warning_fires_when_labels_are_shuffled(tmp_path, tiny_bert, caplog):
-    from imagebert.training.pretraining import run_pretraining
+    from imagebert.tasks.pretraining import run_pretraining
 
     ds = detector_like_corpus(shuffle_captions=True)
     cfg = _config(tmp_path, tiny_bert, 60, ["training.chance_warning_steps=30", "model.task_itc=false"])

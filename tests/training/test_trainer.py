@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from imagebert.tasks.pretraining import PretrainConfig, StageConfig, run_pretraining
 from imagebert.training.pairs import InMemoryPairDataset
-from imagebert.training.pretraining import PretrainConfig, StageConfig, run_pretraining
 from imagebert.training.trainer import NonFiniteLossError, TrainerConfig
 
 from .conftest import make_corpus, tiny_model_overrides
@@ -72,8 +72,8 @@ def _fixed_eval_loss(model, task, pool, seeds=range(6)) -> dict[str, float]:
 
 def test_loss_falls_on_a_tiny_corpus(tiny_bert, tmp_path):
     from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
+    from imagebert.tasks.pretraining import ItmConfig, MaskingConfig
     from imagebert.training import PairPool, PretrainTask
-    from imagebert.training.pretraining import ItmConfig, MaskingConfig
 
     caps, recs = make_corpus(num_images=4, captions_per_image=2)
     ds = InMemoryPairDataset(caps, recs)
@@ -125,8 +125,8 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run(tiny_bert, tmp_path):
 
 def test_nan_loss_stops_with_the_last_good_state(tiny_bert, tmp_path):
     from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
+    from imagebert.tasks.pretraining import ItmConfig, MaskingConfig
     from imagebert.training import PairPool, PretrainTask, Trainer
-    from imagebert.training.pretraining import ItmConfig, MaskingConfig
 
     caps, recs = make_corpus()
     pool = PairPool([InMemoryPairDataset(caps, recs)])
@@ -212,8 +212,8 @@ def test_checkpoint_hooks_do_not_perturb_the_run(tiny_bert, tmp_path):
     import random
 
     from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
+    from imagebert.tasks.pretraining import ItmConfig, MaskingConfig
     from imagebert.training import PairPool, PretrainTask, Trainer
-    from imagebert.training.pretraining import ItmConfig, MaskingConfig
 
     caps, recs = make_corpus()
     pool = PairPool([InMemoryPairDataset(caps, recs)])

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
@@ -50,12 +50,11 @@ class DemoSettings:
 
 
 def _configs_dir() -> Path:
-    if not REPO_CONFIGS.is_dir():
+    if not PACKAGE_CONFIGS.is_dir():
         raise FileNotFoundError(
-            f"{REPO_CONFIGS}: the demo reads configs/pretrain/demo_cpu.yaml and configs/finetune/demo_cpu.yaml "
-            "from the source checkout; run it from a clone of the repository"
+            f"{PACKAGE_CONFIGS}: the shipped configs are missing from this install of imagebert; reinstall it"
         )
-    return REPO_CONFIGS
+    return PACKAGE_CONFIGS
 
 
 def _chance_recall(num_images: int, captions_per_image: float, ks=(1, 5, 10)) -> dict[str, float]:
@@ -202,7 +201,7 @@ def _write_dataset_yaml(out: Path, corpus: Any, store: Path) -> Path:
 def _pretrain(
     out: Path, dataset_yaml: Path, s: DemoSettings, bert_path: str | Path | None, steps: int | None = None
 ) -> Path:
-    from imagebert.training.pretraining import load_pretrain_config, run_pretraining
+    from imagebert.tasks.pretraining import load_pretrain_config, run_pretraining
 
     run_dir = out / "pretrain"
     overrides = [
@@ -229,7 +228,7 @@ def _final_checkpoint(run_dir: Path) -> Path | None:
 def _finetune(
     out: Path, dataset_yaml: Path, pretrained: Path, s: DemoSettings, steps: int | None = None
 ) -> Path:
-    from imagebert.retrieval.finetune import load_finetune_config, run_finetuning
+    from imagebert.tasks.retrieval import load_finetune_config, run_finetuning
 
     run_dir = out / "finetune"
     best = run_dir / "best"

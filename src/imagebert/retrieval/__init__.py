@@ -12,9 +12,9 @@ from __future__ import annotations
 from imagebert._lazy import lazy_getattr
 
 _LAZY = {
-    "FinetuneConfig": "imagebert.retrieval.finetune",
-    "load_finetune_config": "imagebert.retrieval.finetune",
-    "run_finetuning": "imagebert.retrieval.finetune",
+    "FinetuneConfig": "imagebert.tasks.retrieval",
+    "load_finetune_config": "imagebert.tasks.retrieval",
+    "run_finetuning": "imagebert.tasks.retrieval",
     "EvalOptions": "imagebert.retrieval.evaluate",
     "evaluate_checkpoint": "imagebert.retrieval.evaluate",
     "evaluate_gallery": "imagebert.retrieval.evaluate",

@@ -61,7 +61,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from imagebert.cli import CliError
     from imagebert.config_utils import ConfigError, to_dict
     from imagebert.errors import InputError
-    from imagebert.retrieval.finetune import load_finetune_config, run_finetuning
+    from imagebert.tasks.retrieval import load_finetune_config, run_finetuning
     from imagebert.training import checkpoint as ckpt
     from imagebert.training.cli import check_trainer_settings, prepare_run
 

@@ -114,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
     from imagebert.cli import CliError
     from imagebert.config_utils import ConfigError, to_dict
     from imagebert.errors import InputError
-    from imagebert.training.pretraining import load_pretrain_config, run_pretraining
+    from imagebert.tasks.pretraining import load_pretrain_config, run_pretraining
     from imagebert.training.trainer import NonFiniteLossError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
