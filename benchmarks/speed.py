@@ -1,15 +1,19 @@
-"""Speed against peers and against the machine's limit (issue 8), side by side in one process.
+"""Speed against VisualBERT on the same work and against the matmul rate of the step's own shapes (issue 14).
 
-Measures, interleaved (A, B, C, A, B, C, ...) so the shared machine's load hits every setting alike, medians:
-- training step throughput of our `ImageBertForPreTraining` (all four tasks, and MLM+ITM only) against
-  transformers' `VisualBertForPreTraining` of the same size fed the same region features, fp32 and bf16 autocast;
-  our step goes through the real collator and masking, whose time is reported separately;
-- hardware utilisation: analytic training FLOPs per second over a large matmul's measured FLOP/s (same dtype);
-- retrieval scoring pairs/s (exhaustive) and the fast mode's pass-count speed-up;
+Every figure comes from interleaved repetitions (A, B, C, A, B, C, ...) with ONE intra-op thread, timed in
+process CPU time with wall time beside it, repeated until every setting's spread is under 5% (or a cap), the
+spread printed (benchmarks/timing.py):
+- training step: ours (MLM + ITM) vs transformers' VisualBertForPreTraining of the same size on one prepared
+  batch, with the MLM head on the same positions both ways: the masked text tokens of matched pairs
+  ("masked"), or every position of the joint sequence ("allpos"); fp32 and bf16 autocast;
+- utilisation against the measured forward AND backward matmul rates of one encoder layer's own products;
+- retrieval pairs/s through `ModelPairScorer` (what `imagebert evaluate` runs) at batch 128: fp32, bf16
+  autocast, bf16-resident weights; and length-sorted vs unsorted batches on variable region counts;
 - feature-store read samples/s against the training step's consumption.
 
-    .venv/bin/python -m benchmarks.speed [--quick] [--batch-size 8] [--reps 3] [--out benchmarks/results/speed.md]
-    .venv/bin/python -m benchmarks.speed --profile bf16   # top ops of our step (torch.profiler)
+    .venv/bin/python -m benchmarks.speed --out benchmarks/results/speed.md --json benchmarks/out/speed.json
+    .venv/bin/python -m benchmarks.speed --quick            # tiny sizes: checks the code, not the speed
+    .venv/bin/python -m benchmarks.speed --profile bf16     # top ops of our step (torch.profiler)
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,7 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from benchmarks.timing import paired_ratio, run_interleaved
 from imagebert.data.types import RegionRecord
 
 WORDS = [
@@ -232,9 +237,39 @@ def build_ours(sizes: Sizes, *, mlm_itm_only: bool = False, seed: int = 0) -> to
     cfg = ImageBertConfig(vocab_size=sizes.vocab, hidden_size=sizes.hidden, num_hidden_layers=sizes.layers,
                           num_attention_heads=sizes.heads, intermediate_size=sizes.intermediate,
                           visual_feature_dim=sizes.feature_dim, max_regions=max(sizes.regions, 1),
-                          max_text_tokens=43, num_object_classes=sizes.num_classes,
-                          task_moc=not mlm_itm_only, task_mrfr=not mlm_itm_only)  # fmt: skip
-    return ImageBertForPreTraining(cfg).train()
+                          max_text_tokens=43, num_object_classes=sizes.num_classes)  # fmt: skip
+    model = ImageBertForPreTraining(cfg).train()
+    if mlm_itm_only:
+        set_tasks(model, moc=False, mrfr=False)
+    return model
+
+
+def set_tasks(model: torch.nn.Module, **switches: bool) -> None:
+    """Turn pre-training tasks on/off (model.tasks in the current layout, config.task_* in the older one)."""
+    import dataclasses
+
+    if hasattr(model, "tasks"):
+        model.tasks = dataclasses.replace(model.tasks, **switches)
+    else:
+        for k, v in switches.items():
+            setattr(model.config, f"task_{k}", v)
+
+
+def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The ImageBertModel inside a task model (`bert`, or `imagebert` in the older layout)."""
+    return model.bert if hasattr(model, "bert") else model.imagebert
+
+
+def mlm_head_of(model: torch.nn.Module) -> torch.nn.Module:
+    return model.cls if hasattr(model, "cls") else model.mlm_head
+
+
+def task_on(model: torch.nn.Module, name: str) -> bool:
+    return (
+        bool(getattr(model.tasks, name))
+        if hasattr(model, "tasks")
+        else bool(getattr(model.config, f"task_{name}"))
+    )
 
 
 def build_peer(sizes: Sizes, seed: int = 0) -> torch.nn.Module:
@@ -247,171 +282,305 @@ def build_peer(sizes: Sizes, seed: int = 0) -> torch.nn.Module:
     return VisualBertForPreTraining(cfg).train()
 
 
-def _autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+def _autocast(precision: str, device: str = "cpu"):
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 
 
-@dataclass
-class Runner:
-    """One setting: `step()` runs one whole training step and returns its timings and FLOPs."""
+class RowCounter:
+    """Counts the rows (positions) that go through an MLM head: a forward hook on the head module, so what is
+    counted is what really ran, not what a formula assumes."""
 
-    name: str
-    step: Callable[[], dict[str, float]]
+    def __init__(self, head: torch.nn.Module) -> None:
+        self.rows = 0
+        head.register_forward_hook(self._hook)
 
-
-def ours_runner(name: str, model: torch.nn.Module, builder: BatchBuilder, pairs: list, sizes: Sizes,
-                precision: str) -> Runner:  # fmt: skip
-    opt = _optimizer(model)
-    state = {"seed": 0}
-
-    def step() -> dict[str, float]:
-        t0 = time.perf_counter()
-        state["seed"] += 1
-        inputs, collate_s = builder(pairs, seed=state["seed"])
-        with _autocast(precision):
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        total = time.perf_counter() - t0
-        cfg = model.config
-        matched = inputs["itm_labels"] == 1
-        mlm = int(((inputs["mlm_labels"] != -100) & matched[:, None]).sum())
-        masked = inputs["region_masked"] & matched[:, None] & inputs["region_mask"].bool()
-        moc = int((masked & (inputs["moc_labels"] >= 0)).sum()) if cfg.task_moc else 0
-        mrfr = int(masked.sum()) if cfg.task_mrfr else 0
-        b, t = inputs["input_ids"].shape
-        r = inputs["region_features"].shape[1]
-        flops = train_step_flops(sizes=sizes, seq_len=t + r + 1, batch=b, regions=r, mlm_positions=mlm,
-                                 moc_positions=moc, mrfr_positions=mrfr)["total"]  # fmt: skip
-        return {"step_s": total, "collate_s": collate_s, "model_s": total - collate_s, "flops": flops,
-                "seq_len": t + r + 1}  # fmt: skip
-
-    return Runner(name, step)
+    def _hook(self, module: torch.nn.Module, inputs: tuple, output: Any) -> None:
+        self.rows = int(inputs[0].shape[:-1].numel())
 
 
-def peer_runner(name: str, model: torch.nn.Module, builder: BatchBuilder, pairs: list, sizes: Sizes,
-                precision: str) -> Runner:  # fmt: skip
-    opt = _optimizer(model)
-    fixed, _ = builder(pairs, seed=12345)
-    inputs = peer_inputs(fixed)
-
-    def step() -> dict[str, float]:
-        t0 = time.perf_counter()
-        with _autocast(precision):
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        total = time.perf_counter() - t0
-        b, t = inputs["input_ids"].shape
-        r = inputs["visual_embeds"].shape[1]
-        flops = train_step_flops(sizes=sizes, seq_len=t + r, batch=b, regions=r, mlm_positions=0,
-                                 mlm_head_positions=b * (t + r))["total"]  # fmt: skip
-        return {"step_s": total, "collate_s": 0.0, "model_s": total, "flops": flops, "seq_len": t + r}
-
-    return Runner(name, step)
+def matched_mlm_labels(inputs: dict[str, Any]) -> torch.Tensor:
+    """MLM labels of matched pairs only (the paper's conditional masking: a mismatched caption is not predicted)."""
+    matched = inputs["itm_labels"] == 1
+    return torch.where(matched[:, None], inputs["mlm_labels"], torch.full_like(inputs["mlm_labels"], -100))
 
 
-def run_interleaved(runners: list[Runner], warmup: int, reps: int) -> dict[str, dict[str, float]]:
-    """Warm each runner up, then time A, B, C, A, B, C, ...; medians per runner."""
-    for r in runners:
-        for _ in range(warmup):
-            r.step()
-    samples: dict[str, list[dict[str, float]]] = {r.name: [] for r in runners}
+def _ours_all_positions_loss(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """Our encoder and heads with the MLM head run on EVERY position (text and regions), as VisualBERT does;
+    the loss still counts only the masked text tokens of matched pairs."""
+    out = encoder_of(model)(inputs["input_ids"], inputs["attention_mask"], inputs["region_features"],
+                          inputs["region_locations"], inputs["region_mask"])  # fmt: skip
+    hidden = out.last_hidden_state
+    b, length, _ = hidden.shape
+    r = inputs["region_features"].shape[1]
+    text_labels = matched_mlm_labels(inputs)
+    labels = torch.full((b, length), -100, dtype=torch.long)
+    labels[:, 0] = text_labels[:, 0]
+    labels[:, r + 2 :] = text_labels[:, 1:]
+    logits = mlm_head_of(model)(hidden).float()
+    mlm = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+    itm_logits = model.itm_head(model.itm_readout(out, inputs["attention_mask"], inputs["region_mask"]))
+    itm = F.binary_cross_entropy_with_logits(itm_logits.squeeze(-1).float(), inputs["itm_labels"].float())
+    return mlm + itm
+
+
+def _peer_masked_loss(model: torch.nn.Module, peer: dict[str, torch.Tensor]) -> torch.Tensor:
+    """VisualBERT's own encoder and heads, with its MLM head gathered to the masked positions (as ours does)."""
+    out = model.visual_bert(input_ids=peer["input_ids"], attention_mask=peer["attention_mask"],
+                            token_type_ids=peer["token_type_ids"], visual_embeds=peer["visual_embeds"],
+                            visual_attention_mask=peer["visual_attention_mask"],
+                            visual_token_type_ids=peer["visual_token_type_ids"])  # fmt: skip
+    seq, pooled = out[0], out[1]
+    where = peer["labels"] != -100
+    logits = model.cls.predictions(seq[where]).float()
+    mlm = F.cross_entropy(logits, peer["labels"][where])
+    itm = F.cross_entropy(model.cls.seq_relationship(pooled).float(), peer["sentence_image_labels"])
+    return mlm + itm
+
+
+def peer_inputs_matched(inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """`peer_inputs` with MLM labels on matched pairs only, so both models predict exactly the same tokens."""
+    return peer_inputs({**inputs, "mlm_labels": matched_mlm_labels(inputs)})
+
+
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor],
+                precision: str) -> None:  # fmt: skip
+    with _autocast(precision):
+        loss = loss_fn()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+SETTINGS = ("ours_masked", "visualbert_masked", "ours_allpos", "visualbert_allpos")
+
+
+def training_settings(sizes: Sizes, inputs: dict[str, Any], precision: str,
+                      models: dict[str, torch.nn.Module]) -> dict[str, Callable[[], dict[str, Any]]]:  # fmt: skip
+    """The four like-for-like steps on one prepared batch. "masked": both MLM heads run on the masked text tokens
+    of matched pairs only; "allpos": both run on every position of the joint sequence (VisualBERT's own forward).
+    Both sides: MLM + ITM, dropout 0.1, clip 1.0, fused AdamW, the same batch and the same predicted tokens."""
+    ours, peer = models["ours"], models["visualbert"]
+    ours_rows, peer_rows = RowCounter(mlm_head_of(ours)), RowCounter(peer.cls.predictions)
+    opts = {name: _optimizer(ours if name.startswith("ours") else peer) for name in SETTINGS}
+    p_in = peer_inputs_matched(inputs)
+    b, t = inputs["input_ids"].shape
+    r = inputs["region_features"].shape[1]
+    ours_len, peer_len = t + r + 1, t + r
+
+    def flops(seq_len: int, head_rows: int) -> int:
+        return train_step_flops(sizes=sizes, seq_len=seq_len, batch=b, regions=r, mlm_positions=0,
+                                mlm_head_positions=head_rows)["total"]  # fmt: skip
+
+    def make(name: str) -> Callable[[], dict[str, Any]]:
+        is_ours = name.startswith("ours")
+        model = ours if is_ours else peer
+        counter = ours_rows if is_ours else peer_rows
+        seq_len = ours_len if is_ours else peer_len
+        if name == "ours_masked":
+            loss_fn = lambda: model(**inputs).loss  # noqa: E731
+        elif name == "ours_allpos":
+            loss_fn = lambda: _ours_all_positions_loss(model, inputs)  # noqa: E731
+        elif name == "visualbert_masked":
+            loss_fn = lambda: _peer_masked_loss(model, p_in)  # noqa: E731
+        else:
+            loss_fn = lambda: model(**p_in).loss  # noqa: E731
+
+        def step() -> dict[str, Any]:
+            _train_step(model, opts[name], loss_fn, precision)
+            return {"mlm_head_rows": counter.rows, "seq_len": seq_len, "flops": flops(seq_len, counter.rows)}
+
+        return step
+
+    return {name: make(name) for name in SETTINGS}
+
+
+# --------------------------------------------------------------------------------------------- matmul rates
+def _median_cpu(fn: Callable[[], Any], reps: int) -> float:
+    fn()
+    times = []
     for _ in range(reps):
-        for r in runners:
-            samples[r.name].append(r.step())
-    out = {}
-    for name, rows in samples.items():
-        out[name] = {k: float(statistics.median(row[k] for row in rows)) for k in rows[0]}
-    return out
+        c = time.process_time()
+        fn()
+        times.append(time.process_time() - c)
+    return float(statistics.median(times))
 
 
-def training_comparison(
-    sizes: Sizes, precisions: list[str], warmup: int = 1, reps: int = 3
-) -> dict[str, Any]:
-    """Ours (all tasks), ours (MLM+ITM) and VisualBERT, per precision, interleaved; plus matmul peak and FLOPs."""
+def step_matmul_rates(dtype: torch.dtype, rows: int, hidden: int, intermediate: int,
+                      reps: int = 5) -> dict[str, Any]:  # fmt: skip
+    """The machine's matmul rate on one encoder layer's own products, forward and backward, in `dtype`.
+
+    Per layer: Q, K, V, O (rows x H) @ (H x H), FFN in (rows x H) @ (H x I), FFN out (rows x I) @ (I x H).
+    Forward: x @ W^T. Backward: input gradient dY @ W and weight gradient dY^T @ x (the transposed operand
+    autograd uses). Rates are FLOPs / CPU seconds summed over the layer's products, so they weight each shape
+    as the step does."""
+    shapes = [(hidden, hidden)] * 4 + [(hidden, intermediate), (intermediate, hidden)]  # (in, out)
+    cache: dict[tuple[int, int], dict[str, float]] = {}
+    for k_in, k_out in set(shapes):
+        x = torch.randn(rows, k_in).to(dtype)
+        w = torch.randn(k_out, k_in).to(dtype)
+        dy = torch.randn(rows, k_out).to(dtype)
+        cache[(k_in, k_out)] = {
+            "fwd": _median_cpu(lambda: F.linear(x, w), reps),  # noqa: B023
+            "dgrad": _median_cpu(lambda: dy @ w, reps),  # noqa: B023
+            "wgrad": _median_cpu(lambda: dy.t() @ x, reps),  # noqa: B023
+        }
+    flops = sum(2 * rows * a * b for a, b in shapes)
+    fwd_s = sum(cache[s]["fwd"] for s in shapes)
+    bwd_s = sum(cache[s]["dgrad"] + cache[s]["wgrad"] for s in shapes)
+    return {
+        "rows": rows,
+        "forward_flops_per_s": flops / fwd_s,
+        "backward_flops_per_s": 2 * flops / bwd_s,
+        "dgrad_flops_per_s": flops / sum(cache[s]["dgrad"] for s in shapes),
+        "wgrad_flops_per_s": flops / sum(cache[s]["wgrad"] for s in shapes),
+    }
+
+
+def utilisation(flops: int, seconds: float, rates: dict[str, Any]) -> dict[str, float]:
+    """How close a step is to the matmul limit of its own shapes: the time its FLOPs would take at the measured
+    forward rate (one third of the FLOPs) and backward rate (two thirds), over the step's CPU time. The old,
+    flattering definition (all FLOPs at the forward rate) is kept beside it for comparison."""
+    bound = flops / 3 / rates["forward_flops_per_s"] + 2 * flops / 3 / rates["backward_flops_per_s"]
+    return {
+        "utilisation": bound / seconds,
+        "utilisation_fwd_rate_only": flops / seconds / rates["forward_flops_per_s"],
+    }
+
+
+# --------------------------------------------------------------------------------------------- training run
+def training_comparison(sizes: Sizes, precisions: list[str], *, warmup: int = 1, min_reps: int = 3,
+                        max_reps: int = 8, target_spread: float = 0.05) -> dict[str, Any]:  # fmt: skip
+    """Ours vs VisualBERT on the same work, per precision, interleaved, with the matmul rates of the step."""
     builder = BatchBuilder(sizes)
     pairs = make_pairs(sizes.batch, sizes)
-    models = {
-        "ours_all": build_ours(sizes),
-        "ours_mlm_itm": build_ours(sizes, mlm_itm_only=True),
-        "visualbert": build_peer(sizes),
+    inputs, _ = builder(pairs, seed=1)
+    collate = [builder(pairs, seed=s)[1] for s in range(3)]
+    models = {"ours": build_ours(sizes, mlm_itm_only=True), "visualbert": build_peer(sizes)}
+    result: dict[str, Any] = {
+        "collate_mask_s": float(statistics.median(collate)),
+        "params_m": {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in models.items()},
     }
-    result: dict[str, Any] = {"load_before": os.getloadavg()[0]}
     for prec in precisions:
-        runners = [
-            ours_runner("ours_all", models["ours_all"], builder, pairs, sizes, prec),
-            ours_runner("ours_mlm_itm", models["ours_mlm_itm"], builder, pairs, sizes, prec),
-            peer_runner("visualbert", models["visualbert"], builder, pairs, sizes, prec),
-        ]
-        timings = run_interleaved(runners, warmup, reps)
-        peak = matmul_flops_per_s(torch.bfloat16 if prec == "bf16" else torch.float32,
-                                  n=2048 if sizes.hidden >= 256 else 256)  # fmt: skip
-        # the rate this machine reaches on the step's own FFN matmul shape (B*L x H) @ (H x I)
-        rows = int(sizes.batch * timings["ours_all"]["seq_len"])
-        shape_rate = matmul_flops_per_s(torch.bfloat16 if prec == "bf16" else torch.float32, n=sizes.intermediate,
-                                        m=rows, k=sizes.hidden)  # fmt: skip
-        for t in timings.values():
-            t["samples_per_s"] = sizes.batch / t["step_s"]
-            t["model_samples_per_s"] = sizes.batch / t["model_s"]
-            t["flops_per_s"] = t["flops"] / t["model_s"]
-            t["utilisation"] = t["flops_per_s"] / peak
-        result[prec] = {"matmul_flops_per_s": peak, "step_shape_matmul_flops_per_s": shape_rate,
-                        "step_shape": [rows, sizes.hidden, sizes.intermediate], "settings": timings}  # fmt: skip
-        print(f"[speed] {prec}: " + ", ".join(f"{k} {v['model_s']:.2f} s/step" for k, v in timings.items()),
-              file=sys.stderr, flush=True)  # fmt: skip
-    result["load_after"] = os.getloadavg()[0]
-    result["params_m"] = {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in models.items()}
+        steps = training_settings(sizes, inputs, prec, models)
+        series = run_interleaved(steps, warmup=warmup, min_reps=min_reps, max_reps=max_reps,
+                                 target_spread=target_spread, log=lambda m, p=prec: _log(f"{p} {m}"))  # fmt: skip
+        dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+        rows = sizes.batch * series["ours_masked"].info["seq_len"]
+        rates = step_matmul_rates(dtype, rows, sizes.hidden, sizes.intermediate)
+        settings = {}
+        for name, s in series.items():
+            row = s.summary()
+            row["samples_per_cpu_s"] = sizes.batch / s.cpu_s
+            row["samples_per_wall_s"] = sizes.batch / s.wall_s
+            row["gflop_per_cpu_s"] = row["flops"] / s.cpu_s / 1e9
+            row.update(utilisation(row["flops"], s.cpu_s, rates))
+            settings[name] = row
+        ratios = {
+            "masked": paired_ratio(series["visualbert_masked"], series["ours_masked"]),
+            "allpos": paired_ratio(series["visualbert_allpos"], series["ours_allpos"]),
+            "masked_wall": paired_ratio(series["visualbert_masked"], series["ours_masked"], "wall"),
+            "allpos_wall": paired_ratio(series["visualbert_allpos"], series["ours_allpos"], "wall"),
+        }
+        result[prec] = {"settings": settings, "rates": rates, "ratios": ratios}
     return result
 
 
-# --------------------------------------------------------------------------------------------- retrieval, data
-def retrieval_speed(sizes: Sizes, reps: int = 2, batch: int = 8) -> dict[str, Any]:
-    """Cross-encoder pairs/s (exhaustive mode) and the fast mode's pass-count speed-up on Flickr30k 1k."""
-    from benchmarks.bench_retrieval import fast_passes_bound
-
-    if sizes.hidden == 768 and sizes.regions == 100:
-        from benchmarks.bench_retrieval import bert_base_pairs_per_second
-
-        rates = bert_base_pairs_per_second(["fp32", "bf16"], batch, reps)
-    else:
-        rates = _pairs_per_second(sizes, ["fp32", "bf16"], batch, reps)
-    captions, images = 5000, 1000
-    speedups = {k: captions * images / fast_passes_bound(captions, images, k) for k in (16, 64, 128)}
-    return {"pairs_per_s": rates, "fast_speedup_flickr1k": speedups}
+def _log(msg: str) -> None:
+    print(f"[speed] {msg}", file=sys.stderr, flush=True)
 
 
-def _pairs_per_second(sizes: Sizes, precisions: list[str], batch: int, reps: int) -> dict[str, float]:
+# --------------------------------------------------------------------------------------------- scoring run
+def scoring_gallery(sizes: Sizes, num_images: int, captions_per_image: int, *, variable_regions: bool = False,
+                    seed: int = 0):  # fmt: skip
+    """A gallery of synthetic records (all with `sizes.regions` boxes, or 10..regions when variable)."""
+    from imagebert.retrieval.scorers import Gallery
+
+    rng = np.random.default_rng(seed)
+    pairs = make_pairs(num_images, sizes, seed=seed)
+    records = []
+    for rec, _ in pairs:
+        n = (
+            int(rng.integers(min(10, sizes.regions), sizes.regions + 1))
+            if variable_regions
+            else sizes.regions
+        )
+        records.append(RegionRecord(rec.image_id, rec.features[:n], rec.boxes[:n], rec.image_width,
+                                    rec.image_height, rec.class_ids[:n]))  # fmt: skip
+    captions = [(rec.image_id, " ".join(rng.choice(WORDS, sizes.words))) for rec in records
+                for _ in range(captions_per_image)]  # fmt: skip
+    return Gallery.from_records(records, captions)
+
+
+def build_retrieval(sizes: Sizes, seed: int = 0) -> torch.nn.Module:
     from imagebert.modeling import ImageBertConfig, ImageBertForRetrieval
 
+    torch.manual_seed(seed)
     cfg = ImageBertConfig(vocab_size=sizes.vocab, hidden_size=sizes.hidden, num_hidden_layers=sizes.layers,
                           num_attention_heads=sizes.heads, intermediate_size=sizes.intermediate,
-                          visual_feature_dim=sizes.feature_dim, max_regions=sizes.regions)  # fmt: skip
-    model = ImageBertForRetrieval(cfg).eval()
-    b, t = batch, sizes.words + 2
-    inputs = {"input_ids": torch.randint(1000, sizes.vocab, (b, t)), "attention_mask": torch.ones(b, t),
-              "region_features": torch.randn(b, sizes.regions, sizes.feature_dim),
-              "region_locations": torch.rand(b, sizes.regions, 5),
-              "region_mask": torch.ones(b, sizes.regions)}  # fmt: skip
-    out = {}
-    for prec in precisions:
-        with torch.no_grad(), _autocast(prec):
-            model(**inputs)
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                model(**inputs)
-            out[prec] = b * reps / (time.perf_counter() - t0)
+                          visual_feature_dim=sizes.feature_dim, max_regions=max(sizes.regions, 1),
+                          max_text_tokens=43)  # fmt: skip
+    return ImageBertForRetrieval(cfg).eval()
+
+
+SCORER_SETTINGS = {
+    # name: ModelPairScorer keyword arguments (precision "auto" is bf16 on this AMX machine)
+    "fp32": {"precision": "fp32"},
+    "bf16_autocast": {"precision": "bf16"},
+    "bf16_resident": {"precision": "bf16", "weights": "bf16"},
+}
+
+
+def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128, settings: dict | None = None,
+                       variable_regions: bool = False, warmup: int = 1, min_reps: int = 3, max_reps: int = 6,
+                       target_spread: float = 0.05) -> dict[str, Any]:  # fmt: skip
+    """Pairs/s through the scorer `imagebert evaluate` runs (`ModelPairScorer.score_pairs`), interleaved."""
+    from imagebert.data.collate import PairCollator
+    from imagebert.modeling import load_tokenizer
+    from imagebert.retrieval.scorers import ModelPairScorer
+
+    settings = settings or SCORER_SETTINGS
+    per_image = 8
+    gallery = scoring_gallery(
+        sizes, max(1, -(-pairs // per_image)), per_image, variable_regions=variable_regions
+    )
+    collator = PairCollator(load_tokenizer(), max_text_tokens=43, max_regions=max(sizes.regions, 1),
+                            feature_dim=sizes.feature_dim, truncate_regions=True)  # fmt: skip
+    model = build_retrieval(sizes)
+    # every caption against every image, cut to `pairs`
+    cap = np.repeat(np.arange(gallery.num_captions), gallery.num_images)[:pairs]
+    img = np.tile(np.arange(gallery.num_images), gallery.num_captions)[:pairs]
+    scorers = {name: ModelPairScorer(model, collator, gallery, batch_size=batch_size, **kw)
+               for name, kw in settings.items()}  # fmt: skip
+    scores: dict[str, np.ndarray] = {}
+
+    def make(name: str) -> Callable[[], None]:
+        def step() -> None:
+            scores[name] = scorers[name].score_pairs(cap, img)
+
+        return step
+
+    series = run_interleaved({n: make(n) for n in scorers}, warmup=warmup, min_reps=min_reps, max_reps=max_reps,
+                             target_spread=target_spread, log=lambda m: _log(f"scoring {m}"))  # fmt: skip
+    first = next(iter(scorers))
+    out: dict[str, Any] = {"pairs": len(cap), "batch_size": batch_size, "variable_regions": variable_regions,
+                           "settings": {}}  # fmt: skip
+    for name, s in series.items():
+        row = s.summary()
+        row["pairs_per_cpu_s"] = len(cap) / s.cpu_s
+        row["pairs_per_wall_s"] = len(cap) / s.wall_s
+        row["max_abs_score_diff_vs_" + first] = float(np.abs(scores[name] - scores[first]).max())
+        row["vs_" + first] = paired_ratio(series[first], s)
+        row["kwargs"] = settings[name]
+        out["settings"][name] = row
     return out
 
 
+# --------------------------------------------------------------------------------------------- data
 def store_read_speed(sizes: Sizes, n: int = 100, reads: int = 300) -> dict[str, float]:
     """Random-order reads (decode to RegionRecord) from a temporary store of n records, samples/s."""
     from imagebert.data.store import FeatureStore, FeatureStoreWriter
@@ -471,11 +640,17 @@ def profile_ours(sizes: Sizes, precision: str = "bf16", steps: int = 2, row_limi
 
     builder = BatchBuilder(sizes)
     pairs = make_pairs(sizes.batch, sizes)
-    runner = ours_runner("ours_all", build_ours(sizes), builder, pairs, sizes, precision)
-    runner.step()
+    model = build_ours(sizes)
+    inputs, _ = builder(pairs)
+    opt = _optimizer(model)
+
+    def step() -> None:
+        _train_step(model, opt, lambda: model(**inputs).loss, precision)
+
+    step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            runner.step()
+            step()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     lines = [
@@ -495,99 +670,190 @@ def profile_ours(sizes: Sizes, precision: str = "bf16", steps: int = 2, row_limi
     return "\n".join(lines) + "\n\n" + events.table(sort_by="self_cpu_time_total", row_limit=row_limit)
 
 
+ALL_PARTS = ("training", "scoring", "bucketing", "store")
+
+
 # --------------------------------------------------------------------------------------------- report
-def run_all(sizes: Sizes, *, reps: int = 3, warmup: int = 1, precisions: list[str] | None = None,
-            retrieval_reps: int = 2, store_records: int = 100) -> dict[str, Any]:  # fmt: skip
+def run_all(sizes: Sizes, *, precisions: list[str] | None = None, min_reps: int = 3, max_reps: int = 8,
+            warmup: int = 1, score_pairs: int = 128, store_records: int = 100, parts: tuple[str, ...] = ALL_PARTS,
+            target_spread: float = 0.05) -> dict[str, Any]:  # fmt: skip
+    """Every part of the benchmark; one intra-op thread throughout."""
+    from benchmarks.timing import machine_line, one_thread
+
+    one_thread()
     precisions = precisions or ["fp32", "bf16"]
     t0 = time.perf_counter()
     report: dict[str, Any] = {
         "sizes": asdict(sizes),
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs",
+        "machine": machine_line(),
         "load_start": os.getloadavg(),
     }
-    report["training"] = training_comparison(sizes, precisions, warmup, reps)
-    report["retrieval"] = retrieval_speed(sizes, reps=retrieval_reps)
-    report["store"] = store_read_speed(sizes, n=store_records)
+    if "training" in parts:
+        report["training"] = training_comparison(sizes, precisions, warmup=warmup, min_reps=min_reps,
+                                                 max_reps=max_reps, target_spread=target_spread)  # fmt: skip
+    if "scoring" in parts:
+        report["scoring"] = scoring_comparison(sizes, pairs=score_pairs, batch_size=min(128, score_pairs),
+                                               warmup=warmup, min_reps=min_reps, max_reps=max_reps,
+                                               target_spread=target_spread)  # fmt: skip
+    if "bucketing" in parts:
+        report["bucketing"] = scoring_comparison(
+            sizes, pairs=score_pairs, batch_size=max(1, min(128, score_pairs) // 4), variable_regions=True,
+            settings={"unsorted": {"precision": "bf16", "sort_pairs": False},
+                      "length_sorted": {"precision": "bf16"}},
+            warmup=warmup, min_reps=min_reps, max_reps=max_reps, target_spread=target_spread,
+        )  # fmt: skip
+    if "store" in parts:
+        report["store"] = store_read_speed(sizes, n=store_records)
     report["load_end"] = os.getloadavg()
     report["wall_s"] = time.perf_counter() - t0
     return report
 
 
+def _pct(x: float) -> str:
+    from benchmarks.timing import fmt_spread
+
+    return fmt_spread(x)
+
+
 def to_markdown(report: dict[str, Any]) -> str:
+    """The tables of one run (the caller adds the Command:/Machine: header)."""
     s = report["sizes"]
-    tr = report["training"]
     lines = [
-        f"Sizes: {s['layers']} layers, hidden {s['hidden']}, FFN {s['intermediate']}, {s['regions']} regions x "
-        f"{s['feature_dim']}-d, {s['words']}-word captions, batch {s['batch']}. Machine: {report['machine']}. "
+        f"Sizes: {s['layers']} layers, hidden {s['hidden']}, FFN {s['intermediate']}, vocab {s['vocab']}, "
+        f"{s['regions']} regions x {s['feature_dim']}-d, {s['words']}-word captions, batch {s['batch']}. "
         f"Load average (1 min) at start {report['load_start'][0]:.2f}, at end {report['load_end'][0]:.2f}. "
-        f"Whole run {report['wall_s']:.0f} s.",
-        "",
-        "| precision | setting | seq len | step samples/s | model-only samples/s | collate+mask ms | "
-        "vs VisualBERT (model-only) | GFLOP/step | GFLOP/s | matmul GFLOP/s | utilisation |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"Whole run {report['wall_s']:.0f} s. Times are medians of the repetitions; spread = (max - min) / median "
+        "over the repetitions; ratios are per round (same load on both sides), median and spread.",
     ]
-    for prec in ("fp32", "bf16"):
-        if prec not in tr:
+    tr = report.get("training")
+    if tr:
+        lines += [
+            "",
+            "### Training step, like for like (MLM + ITM, same batch, same predicted tokens)",
+            "",
+            f"Collate + mask of the batch (real `PairCollator` + `TextMasker` + `mask_regions`, not in the step "
+            f"times below): {1000 * tr['collate_mask_s']:.1f} ms.",
+            "",
+            "| precision | setting | MLM head rows | seq len | reps | CPU s/step | spread | wall s/step | spread | "
+            "samples/CPU-s | GFLOP/step | GFLOP/CPU-s | utilisation (fwd+bwd rates) | utilisation (fwd rate only) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for prec in ("fp32", "bf16"):
+            if prec not in tr:
+                continue
+            for name, t in tr[prec]["settings"].items():
+                lines.append(
+                    f"| {prec} | {name} | {t['mlm_head_rows']} | {t['seq_len']} | {t['reps']} | {t['cpu_s']:.3f} | "
+                    f"{_pct(t['cpu_spread'])} | {t['wall_s']:.3f} | {_pct(t['wall_spread'])} | "
+                    f"{t['samples_per_cpu_s']:.3f} | {t['flops'] / 1e9:.1f} | {t['gflop_per_cpu_s']:.1f} | "
+                    f"{100 * t['utilisation']:.1f}% | {100 * t['utilisation_fwd_rate_only']:.1f}% |"
+                )
+        lines += ["", "| precision | work | ours vs VisualBERT, CPU time (spread) | same, wall time (spread) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for prec in ("fp32", "bf16"):
+            if prec not in tr:
+                continue
+            r = tr[prec]["ratios"]
+            for work, label in (("masked", "MLM on masked tokens only"), ("allpos", "MLM on every position")):
+                lines.append(f"| {prec} | {label} | {r[work]['median']:.3f}x ({_pct(r[work]['spread'])}) | "
+                             f"{r[work + '_wall']['median']:.3f}x ({_pct(r[work + '_wall']['spread'])}) |")  # fmt: skip
+        lines.append("")
+        for prec in ("fp32", "bf16"):
+            if prec not in tr:
+                continue
+            rt = tr[prec]["rates"]
+            lines.append(
+                f"- {prec} matmul rates on one encoder layer's own products ({rt['rows']} rows, 1 thread, CPU time): "
+                f"forward {rt['forward_flops_per_s'] / 1e9:.1f} GFLOP/s, backward "
+                f"{rt['backward_flops_per_s'] / 1e9:.1f} GFLOP/s (input gradient "
+                f"{rt['dgrad_flops_per_s'] / 1e9:.1f}, weight gradient {rt['wgrad_flops_per_s'] / 1e9:.1f})."
+            )
+    for key, title in (("scoring", "Retrieval scoring through `ModelPairScorer` (what `imagebert evaluate` runs)"),
+                       ("bucketing", "Length bucketing: variable region counts (10..max), batch of a quarter")):  # fmt: skip
+        sc = report.get(key)
+        if not sc:
             continue
-        peak = tr[prec]["matmul_flops_per_s"]
-        st = tr[prec]["settings"]
-        peer = st["visualbert"]["model_samples_per_s"]
-        for name, t in st.items():
+        first = next(iter(sc["settings"]))
+        lines += [
+            "",
+            f"### {title}",
+            "",
+            f"{sc['pairs']} pairs per repetition, batch {sc['batch_size']}, fp32 score head in every setting.",
+            "",
+            f"| setting | scorer arguments | reps | pairs/CPU-s | spread | pairs/wall-s | spread | "
+            f"speed-up vs {first} (CPU, per round) | max abs score diff vs {first} |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, t in sc["settings"].items():
+            v = t["vs_" + first]
             lines.append(
-                f"| {prec} | {name} | {t['seq_len']:.0f} | {t['samples_per_s']:.3f} | "
-                f"{t['model_samples_per_s']:.3f} | {1000 * t['collate_s']:.1f} | "
-                f"{t['model_samples_per_s'] / peer:.2f}x | {t['flops'] / 1e9:.1f} | {t['flops_per_s'] / 1e9:.1f} | "
-                f"{peak / 1e9:.1f} | {100 * t['utilisation']:.1f}% |"
+                f"| {name} | `{t['kwargs']}` | {t['reps']} | {t['pairs_per_cpu_s']:.2f} | {_pct(t['cpu_spread'])} | "
+                f"{t['pairs_per_wall_s']:.2f} | {_pct(t['wall_spread'])} | {v['median']:.3f}x ({_pct(v['spread'])}) | "
+                f"{t['max_abs_score_diff_vs_' + first]:.2e} |"
             )
-    for prec in ("fp32", "bf16"):
-        if prec in tr and "step_shape" in tr[prec]:
-            m, k, n = tr[prec]["step_shape"]
-            lines.append(
-                f"\n{prec}: matmul rate on the step's own FFN shape ({m} x {k}) @ ({k} x {n}): "
-                f"{tr[prec]['step_shape_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
-                f"(square 2048 matmul: {tr[prec]['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s)."
-            )
-    rt = report["retrieval"]
-    lines += ["", "| retrieval (cross-encoder, no_grad) | pairs/s |", "|---|---|"]
-    for prec, r in rt["pairs_per_s"].items():
-        lines.append(f"| exhaustive, {prec} | {r:.2f} |")
-    for k, v in rt["fast_speedup_flickr1k"].items():
-        lines.append(f"| fast mode k={k}, Flickr30k 1k: pass-count speed-up (lower bound) | {v:.1f}x |")
-    st = report["store"]
-    best = max(t["samples_per_s"] for p in ("fp32", "bf16") if p in tr for t in tr[p]["settings"].values())
-    lines += [
-        "",
-        "| data | samples/s |",
-        "|---|---|",
-        f"| feature store random reads ({st['records']} records, fp16 -> fp32) | {st['samples_per_s']:.0f} |",
-        f"| fastest training step's consumption | {best:.3f} |",
-        f"| store headroom | {st['samples_per_s'] / best:.0f}x |",
-    ]
+    st = report.get("store")
+    if st:
+        lines += ["", "### Data loading", "", "| data | samples/s |", "|---|---|",
+                  f"| feature store random reads ({st['records']} records, fp16 -> fp32) | {st['samples_per_s']:.0f} |"]  # fmt: skip
+        if tr:
+            best = max(t["samples_per_wall_s"] for p in ("fp32", "bf16") if p in tr
+                       for t in tr[p]["settings"].values())  # fmt: skip
+            lines += [f"| fastest training step's consumption (wall) | {best:.3f} |",
+                      f"| store headroom | {st['samples_per_s'] / best:.0f}x |"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def results_page(report: dict[str, Any], argv: list[str]) -> str:
+    from benchmarks.timing import command_line
+
+    head = [
+        "# Speed: ImageBERT against VisualBERT on the same work, and against the matmul rate of its own shapes",
+        "",
+        command_line("benchmarks.speed", argv),
+        "",
+        report["machine"],
+        "",
+        "Written by `benchmarks/speed.py` (do not edit by hand). Method: docs/performance.md.",
+        "",
+    ]
+    return "\n".join(head) + to_markdown(report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for checking the code runs")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=3, help="timed steps per setting (interleaved)")
+    ap.add_argument("--min-reps", type=int, default=3)
+    ap.add_argument("--max-reps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--target-spread", type=float, default=0.05)
+    ap.add_argument("--score-pairs", type=int, default=128, help="pairs per scoring repetition")
+    ap.add_argument("--parts", default=",".join(ALL_PARTS), help=f"comma-separated subset of {ALL_PARTS}")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
     ap.add_argument("--profile", choices=["fp32", "bf16"], default=None,
-                    help="print the top ops (torch.profiler) of our all-task step in this precision and exit")  # fmt: skip
+                    help="print the top ops (torch.profiler) of our step in this precision and exit")  # fmt: skip
     ap.add_argument("--profile-steps", type=int, default=2)
-    ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--out", default=None, help="write the results page (markdown) here")
     ap.add_argument("--json", default=None, help="write the raw report (JSON) here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     sizes = tiny_sizes(args.batch_size) if args.quick else Sizes(batch=args.batch_size)
     if args.profile:
+        torch.set_num_threads(1)
         print(profile_ours(sizes, args.profile, steps=args.profile_steps))
         return 0
-    report = run_all(sizes, reps=args.reps, warmup=args.warmup, retrieval_reps=1 if args.quick else 2)
-    md = to_markdown(report)
-    print(md)
+    parts = tuple(p for p in args.parts.split(",") if p)
+    unknown = set(parts) - set(ALL_PARTS)
+    if unknown:
+        ap.error(f"unknown part(s) {sorted(unknown)}; choose from {ALL_PARTS}")
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    report = run_all(sizes, precisions=precisions, min_reps=args.min_reps, max_reps=args.max_reps,
+                     warmup=args.warmup, score_pairs=args.score_pairs, store_records=20 if args.quick else 100,
+                     parts=parts, target_spread=args.target_spread)  # fmt: skip
+    page = results_page(report, argv)
+    print(page)
     if args.out:
-        Path(args.out).write_text(md)
+        Path(args.out).write_text(page, encoding="utf-8")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

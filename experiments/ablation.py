@@ -30,11 +30,11 @@ def _configs() -> Path:
 
 VARIANTS = {
     "full recipe (4 tasks + ITC)": [],
-    "without MLM": ["model.task_mlm=false"],
-    "without MOC": ["model.task_moc=false"],
-    "without MRFR": ["model.task_mrfr=false"],
-    "without ITM": ["model.task_itm=false"],
-    "without ITC (the paper's four tasks)": ["model.task_itc=false"],
+    "without MLM": ["tasks.mlm=false"],
+    "without MOC": ["tasks.moc=false"],
+    "without MRFR": ["tasks.mrfr=false"],
+    "without ITM": ["tasks.itm=false"],
+    "without ITC (the paper's four tasks)": ["tasks.itc=false"],
 }
 
 

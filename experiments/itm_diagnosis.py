@@ -25,14 +25,14 @@ PAPER = [
     "model.region_embedding_layernorm=false",
     "model.itm_match_features=false",
 ]
-ONLY_ITM = ["model.task_mlm=false", "model.task_moc=false", "model.task_mrfr=false"]
+ONLY_ITM = ["tasks.mlm=false", "tasks.moc=false", "tasks.mrfr=false"]
 VARIANTS = {
     "paper: raw features, no LayerNorm, pooler head (4 tasks)": PAPER,
     "+ standardised features and per-projection LayerNorm": PAPER[2:],
     "+ ITM readout with the text x image product": [],
-    "+ ITC as a fifth task (the library default recipe)": ["model.task_itc=true"],
+    "+ ITC as a fifth task (the library default recipe)": ["tasks.itc=true"],
     "the default recipe on raw features (no standardisation, no region LayerNorm)": PAPER[:2]
-    + ["model.task_itc=true"],
+    + ["tasks.itc=true"],
     "paper, ITM alone": PAPER + ONLY_ITM,
     "standardised + product readout, ITM alone": ONLY_ITM,
 }

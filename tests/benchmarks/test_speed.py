@@ -1,70 +1,87 @@
-"""The speed benchmark's code runs end to end on tiny sizes and reports well-formed numbers.
+"""The speed benchmark's code runs end to end on tiny sizes and its like-for-like setup holds.
 
-No timing assertions: CI machines differ. What can fail: a missing key, a zero/NaN throughput, an API drift in
-the peer (VisualBERT) or in our collator/masking/model, or the FLOP formula drifting from a hand count.
+No timing assertions: CI machines differ. What can fail: the two models scoring a different number of MLM
+positions in a row that claims the same work, a missing key or a zero/NaN figure, the peer's API drifting, the
+FLOP formula drifting from a hand count or from the model's real Linear layers, a results page without the
+lines the collector requires.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 
 import pytest
 import torch
 
-from benchmarks import compare, speed
+from benchmarks import collect_results, speed
 
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory) -> tuple[dict, str]:
-    """One `compare --quick` run (tiny sizes, both precisions, one timed step each) shared by the tests."""
-    out = tmp_path_factory.mktemp("speed") / "report.json"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = compare.main(
-            ["--quick", "--batch-size", "2", "--reps", "1", "--warmup", "0", "--json", str(out)]
-        )
+    """One `speed --quick` run (tiny sizes, both precisions, two rounds) shared by the tests."""
+    tmp = tmp_path_factory.mktemp("speed")
+    before = torch.get_num_threads()
+    try:
+        rc = speed.main(["--quick", "--batch-size", "4", "--min-reps", "2", "--max-reps", "2", "--warmup", "0",
+                         "--score-pairs", "8", "--json", str(tmp / "r.json"), "--out", str(tmp / "speed.md")])  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
     assert rc == 0
-    return json.loads(out.read_text()), buf.getvalue()
+    return json.loads((tmp / "r.json").read_text()), (tmp / "speed.md").read_text()
 
 
 def _positive_finite(x: float) -> bool:
     return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
-def test_training_comparison_has_every_setting(quick_report):
+def test_like_for_like_rows_score_the_same_positions(quick_report):
+    report, _ = quick_report
+    for prec in ("fp32", "bf16"):
+        st = report["training"][prec]["settings"]
+        assert set(st) == set(speed.SETTINGS)
+        # masked: both heads run on exactly the masked text tokens of matched pairs, and there are some
+        assert st["ours_masked"]["mlm_head_rows"] == st["visualbert_masked"]["mlm_head_rows"] > 0
+        # every position: each head runs on batch x its own joint sequence
+        for name in ("ours_allpos", "visualbert_allpos"):
+            assert st[name]["mlm_head_rows"] == 4 * st[name]["seq_len"]
+        assert st["ours_allpos"]["mlm_head_rows"] > st["ours_masked"]["mlm_head_rows"]
+        assert st["ours_allpos"]["flops"] > st["ours_masked"]["flops"]
+
+
+def test_timings_ratios_and_rates_are_well_formed(quick_report):
     report, _ = quick_report
     for prec in ("fp32", "bf16"):
         block = report["training"][prec]
-        assert _positive_finite(block["matmul_flops_per_s"])
-        assert _positive_finite(block["step_shape_matmul_flops_per_s"]) and len(block["step_shape"]) == 3
-        assert set(block["settings"]) == {"ours_all", "ours_mlm_itm", "visualbert"}
-        for name, t in block["settings"].items():
-            for key in ("samples_per_s", "model_samples_per_s", "flops_per_s", "utilisation", "flops"):
-                assert _positive_finite(float(t[key])), (prec, name, key, t[key])
-            assert t["collate_s"] >= 0 and t["step_s"] >= t["model_s"]
-        # ours runs the real collator + masking; the peer gets prepared tensors
-        assert block["settings"]["ours_all"]["collate_s"] > 0
-        assert block["settings"]["visualbert"]["collate_s"] == 0
-        # all four tasks cost more FLOPs than MLM+ITM on the same batch (the MOC/MRFR heads)
-        assert block["settings"]["ours_all"]["flops"] > block["settings"]["ours_mlm_itm"]["flops"]
+        for t in block["settings"].values():
+            assert t["reps"] == 2 and len(t["cpu_all"]) == 2 and len(t["wall_all"]) == 2
+            for key in ("cpu_s", "wall_s", "samples_per_cpu_s", "gflop_per_cpu_s", "utilisation",
+                        "utilisation_fwd_rate_only"):  # fmt: skip
+                assert _positive_finite(float(t[key])), (prec, key, t[key])
+        for key in ("forward_flops_per_s", "backward_flops_per_s", "dgrad_flops_per_s", "wgrad_flops_per_s"):
+            assert _positive_finite(block["rates"][key])
+        for r in block["ratios"].values():
+            assert _positive_finite(r["median"]) and r["min"] <= r["median"] <= r["max"]
 
 
-def test_retrieval_and_store_results(quick_report):
+def test_scoring_goes_through_the_scorer(quick_report):
     report, _ = quick_report
-    rates = report["retrieval"]["pairs_per_s"]
-    assert set(rates) == {"fp32", "bf16"} and all(_positive_finite(r) for r in rates.values())
-    speedups = report["retrieval"]["fast_speedup_flickr1k"]
-    assert all(v > 1 for v in speedups.values())
-    assert _positive_finite(report["store"]["samples_per_s"])
+    sc = report["scoring"]["settings"]
+    assert set(sc) == set(speed.SCORER_SETTINGS)
+    for name, t in sc.items():
+        assert _positive_finite(t["pairs_per_cpu_s"]) and t["kwargs"] == speed.SCORER_SETTINGS[name]
+    # bf16 settings change the numbers a little, never a lot (the score head stays fp32)
+    assert 0 < sc["bf16_resident"]["max_abs_score_diff_vs_fp32"] < 0.1
+    assert set(report["bucketing"]["settings"]) == {"unsorted", "length_sorted"}
+    assert report["bucketing"]["settings"]["length_sorted"]["max_abs_score_diff_vs_unsorted"] < 0.05
 
 
-def test_compare_prints_the_table(quick_report):
-    _, text = quick_report
-    assert "| bf16 | ours_mlm_itm |" in text and "| fp32 | visualbert |" in text
-    assert "utilisation" in text and "store headroom" in text
+def test_results_page_passes_the_collector(quick_report):
+    _, page = quick_report
+    assert "Command: `.venv/bin/python -m benchmarks.speed --quick" in page and "\nMachine: " in page
+    assert "| bf16 | ours_masked |" in page and "| fp32 | visualbert_allpos |" in page
+    assert "utilisation (fwd+bwd rates)" in page and "backward" in page
+    collect_results.check_results_text("speed.md", page)
 
 
 def test_flop_formula_matches_a_hand_count():
@@ -74,7 +91,6 @@ def test_flop_formula_matches_a_hand_count():
                                  mrfr_positions=3)  # fmt: skip
     # per layer: Q,K,V,O (4 x 4*4) + FFN (4*8 + 8*4) = 64 + 64 = 128 weights; 2 layers; 14 tokens; x6
     assert got["encoder"] == 6 * 256 * 14 == 21504
-    # QK^T and AV: 2 L^2 H each forward (4 L^2 H), x3 with backward, per layer (2) and sequence (2)
     assert got["attention"] == 4 * 49 * 4 * 3 * 2 * 2 == 9408
     assert got["region_proj"] == 4 * (6 * 4 + 5 * 4) * 6  # no input gradient for region features
     assert got["pooler_itm"] == 6 * (16 + 4) * 2
@@ -87,34 +103,34 @@ def test_flop_formula_matches_the_models_linear_layers():
     """The encoder term's parameter count equals the real model's encoder Linear weights."""
     s = speed.tiny_sizes(batch=1)
     model = speed.build_ours(s)
-    linear = sum(
-        m.weight.numel() for m in model.imagebert.encoder.modules() if isinstance(m, torch.nn.Linear)
-    )
+    enc = speed.encoder_of(model).encoder
+    linear = sum(m.weight.numel() for m in enc.modules() if isinstance(m, torch.nn.Linear))
     got = speed.train_step_flops(sizes=s, seq_len=1, batch=1, regions=0, mlm_positions=0)
     assert got["encoder"] == 6 * linear
 
 
-def test_peer_gets_the_same_batch():
-    s = speed.tiny_sizes(batch=3)
-    builder = speed.BatchBuilder(s)
-    inputs, seconds = builder(speed.make_pairs(3, s))
-    peer = speed.peer_inputs(inputs)
-    assert seconds > 0
-    assert torch.equal(peer["visual_embeds"], inputs["mrfr_targets"])
-    assert peer["labels"].shape[1] == inputs["input_ids"].shape[1] + s.regions
-    assert torch.equal(peer["sentence_image_labels"], 1 - inputs["itm_labels"])
-    loss = speed.build_peer(s)(**peer).loss
-    assert torch.isfinite(loss)
+def test_utilisation_uses_both_rates():
+    rates = {"forward_flops_per_s": 3e9, "backward_flops_per_s": 1e9}
+    u = speed.utilisation(9e9, 10.0, rates)
+    # 3 GFLOP forward at 3 GFLOP/s = 1 s, 6 GFLOP backward at 1 GFLOP/s = 6 s: 7 s of a 10 s step
+    assert u["utilisation"] == pytest.approx(0.7)
+    assert u["utilisation_fwd_rate_only"] == pytest.approx(0.3)
 
 
-def test_collator_benchmark(benchmark):
-    """The data path our step times (collate + mask), under pytest-benchmark with a fixed, tiny round count."""
+def test_peer_gets_the_same_batch_and_tokens():
     s = speed.tiny_sizes(batch=4)
     builder = speed.BatchBuilder(s)
-    pairs = speed.make_pairs(4, s)
-    inputs, _ = benchmark.pedantic(builder, args=(pairs,), rounds=2, iterations=1)
-    assert inputs["region_features"].shape == (4, s.regions, s.feature_dim)
-    assert int((inputs["mlm_labels"] != -100).sum()) >= 4  # at least one masked token per caption
+    inputs, seconds = builder(speed.make_pairs(4, s))
+    peer = speed.peer_inputs_matched(inputs)
+    assert seconds > 0
+    assert torch.equal(peer["visual_embeds"], inputs["mrfr_targets"])
+    t = inputs["input_ids"].shape[1]
+    assert peer["labels"].shape[1] == t + s.regions
+    assert torch.equal(peer["sentence_image_labels"], 1 - inputs["itm_labels"])
+    # the peer predicts exactly our predicted tokens: masked text of matched pairs
+    ours = (inputs["mlm_labels"] != -100) & (inputs["itm_labels"] == 1)[:, None]
+    assert torch.equal(peer["labels"][:, :t] != -100, ours) and bool((peer["labels"][:, t:] == -100).all())
+    assert torch.isfinite(speed.build_peer(s)(**peer).loss)
 
 
 def test_profile_reports_op_groups():

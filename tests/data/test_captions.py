@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,16 +137,37 @@ def test_dataset_spec_rejects_unknown_keys_and_cli_check(tmp_path, capsys):
     assert "1 captions of 1 images" in capsys.readouterr().out
 
 
-def test_example_dataset_configs_load():
-    from pathlib import Path
+def test_example_dataset_configs_load(tmp_path, monkeypatch):
+    """The shipped dataset YAMLs are templates: data paths resolve against the working directory (root: "@cwd"),
+    never into the installed package; a copy without `root` resolves against the copy's folder."""
+    import imagebert
 
-    folder = Path(__file__).resolve().parents[2] / "configs" / "datasets"
+    folder = Path(imagebert.__file__).resolve().parent / "configs" / "datasets"
     configs = sorted(folder.glob("*.yaml"))
     assert len(configs) >= 3
+    monkeypatch.chdir(tmp_path)
     for cfg in configs:
-        spec = load_dataset_spec(cfg)
-        assert spec.captions and spec.resolve(spec.feature_store).is_absolute()
-        assert spec.resolve(spec.captions[0].path).parent.parent == folder.parent.parent / "data"
+        for spec in (
+            load_dataset_spec(cfg),
+            load_dataset_spec(f"datasets/{cfg.stem}"),
+            load_dataset_spec(cfg.stem),
+        ):
+            assert spec.captions and spec.resolve(spec.feature_store).is_absolute()
+            assert spec.resolve(spec.captions[0].path).parent.parent == tmp_path / "data", cfg
+            assert folder not in spec.resolve(spec.feature_store).parents
+    copy = tmp_path / "mine" / "coco.yaml"
+    copy.parent.mkdir()
+    copy.write_text(
+        "\n".join(x for x in (folder / "coco.yaml").read_text().splitlines() if not x.startswith("root:"))
+    )
+    spec = load_dataset_spec(copy)
+    assert spec.resolve(spec.feature_store) == tmp_path / "mine" / "data" / "coco" / "features"
+    # a path given on the command line resolves against the working directory, not the YAML's folder
+    from imagebert.config_utils import absolutize_overrides
+    from imagebert.data.dataset import PATH_KEYS
+
+    spec = load_dataset_spec(copy, absolutize_overrides(["feature_store=feats"], PATH_KEYS))
+    assert spec.resolve(spec.feature_store) == tmp_path / "feats"
 
 
 def _ids(batch):

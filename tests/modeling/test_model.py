@@ -13,6 +13,7 @@ from imagebert.modeling import (
     ImageBertForPreTraining,
     ImageBertForRetrieval,
     ImageBertModel,
+    PretrainingTasks,
     region_locations,
 )
 
@@ -148,14 +149,15 @@ def _pretraining_batch(tokenizer, n=4, regions=5, seed=0):
 
 
 def test_every_head_gets_gradients_and_losses_are_finite(tiny_bert_path, tokenizer):
-    model = _model(tiny_bert_path, ImageBertForPreTraining, task_itc=True).train()
+    model = _model(tiny_bert_path, ImageBertForPreTraining).train()
+    model.tasks = PretrainingTasks(itc=True)
     batch = _pretraining_batch(tokenizer)
     out = model(**batch, itm_labels=torch.tensor([1, 1, 0, 1]))
     for name in ("mlm_loss", "moc_loss", "mrfr_loss", "itm_loss", "itc_loss", "loss"):
         value = getattr(out, name)
         assert value is not None and torch.isfinite(value), name
     heads = {
-        "mlm": (out.mlm_loss, model.mlm_head.dense.weight),
+        "mlm": (out.mlm_loss, model.cls.predictions.transform.dense.weight),
         "moc": (out.moc_loss, model.region_heads.moc.weight),
         "mrfr": (out.mrfr_loss, model.region_heads.mrfr.weight),
         "itm": (out.itm_loss, model.itm_head.weight),
@@ -166,7 +168,7 @@ def test_every_head_gets_gradients_and_losses_are_finite(tiny_bert_path, tokeniz
         assert grad.abs().sum() > 0, name
     # the MLM decoder is the word-embedding matrix itself
     (grad,) = torch.autograd.grad(
-        out.mlm_loss, model.imagebert.embeddings.word_embeddings.weight, retain_graph=True
+        out.mlm_loss, model.bert.embeddings.word_embeddings.weight, retain_graph=True
     )
     assert grad.abs().sum() > 0
 
@@ -186,7 +188,8 @@ def test_negative_pairs_produce_no_masked_task_loss(tiny_bert_path, tokenizer):
 
 def test_tasks_can_be_switched_off_and_weighted(tiny_bert_path, tokenizer):
     batch = _pretraining_batch(tokenizer)
-    model = _model(tiny_bert_path, ImageBertForPreTraining, task_moc=False, loss_weight_mlm=2.0)
+    model = _model(tiny_bert_path, ImageBertForPreTraining)
+    model.tasks = PretrainingTasks(moc=False, mlm_weight=2.0)
     out = model(**batch, itm_labels=torch.ones(4))
     assert out.moc_loss is None
     torch.testing.assert_close(out.loss, 2 * out.mlm_loss + out.mrfr_loss + out.itm_loss)
@@ -217,7 +220,7 @@ def test_new_layers_use_bert_init_and_text_side_comes_from_checkpoint(minilm_pat
     model = ImageBertForPreTraining.init_from_bert(minilm_path, visual_feature_dim=D)
     state = load_file(str(minilm_path / "model.safetensors"))
     key = next(k for k in state if k.endswith("encoder.layer.3.attention.self.query.weight"))
-    torch.testing.assert_close(model.imagebert.encoder.layer[3].attention.self.query.weight, state[key])
+    torch.testing.assert_close(model.bert.encoder.layer[3].attention.self.query.weight, state[key])
     std = model.region_heads.moc.weight.std().item()
     assert 0.015 < std < 0.025  # N(0, 0.02)
     assert model.region_heads.moc.bias.abs().sum() == 0
@@ -297,9 +300,9 @@ def test_standardisation_makes_the_encoder_blind_to_feature_scale_and_offset(tin
 
 def test_feature_statistics_round_trip(tiny_bert_path, tmp_path):
     model = _model(tiny_bert_path, cls=ImageBertForPreTraining)
-    assert not model.imagebert.region_feature_stats_set
-    model.imagebert.set_region_feature_stats(torch.arange(D, dtype=torch.float32), torch.full((D,), 2.0))
+    assert not model.bert.region_feature_stats_set
+    model.bert.set_region_feature_stats(torch.arange(D, dtype=torch.float32), torch.full((D,), 2.0))
     model.save_pretrained(tmp_path / "m")
-    back = ImageBertForRetrieval.from_pretrained(tmp_path / "m").imagebert
+    back = ImageBertForRetrieval.from_pretrained(tmp_path / "m").bert
     assert back.region_feature_stats_set
     torch.testing.assert_close(back.region_feature_mean, torch.arange(D, dtype=torch.float32))

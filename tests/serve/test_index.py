@@ -17,10 +17,16 @@ def test_registration_adds_index_and_serve_commands():
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
+    from imagebert.config_utils import load_command_config
+    from imagebert.serve.cli import IndexBuildSettings, ServeSettings
+
     args = parser.parse_args(["index", "build", "CKPT", "--dataset", "d.yaml", "--out", "I"])
-    assert args.func.__name__ == "run_build" and args.split == "test" and args.backend == "auto"
+    # settings come from the dataclass the flags are made from
+    s = load_command_config(IndexBuildSettings, args)
+    assert args.func.__name__ == "run_build" and s.source.split == "test" and s.backend == "auto"
     args = parser.parse_args(["serve", "I", "--checkpoint", "C"])
-    assert args.func.__name__ == "run_serve" and args.host == "127.0.0.1"
+    s = load_command_config(ServeSettings, args)
+    assert args.func.__name__ == "run_serve" and s.host == "127.0.0.1" and s.checkpoint.endswith("C")
 
 
 def test_itc_rule_reads_itc_trained_steps():

@@ -75,4 +75,4 @@ def test_shipped_configs_load():
         ROOT / "configs/pretrain/demo_cpu.yaml", ["stages.0.datasets=[x.yaml]"], check_paths=False
     )
     assert demo.model["visual_feature_dim"] == "auto" and demo.init_from_bert is None
-    assert demo.model["task_itc"] is True
+    assert demo.tasks.itc is True and "task_itc" not in demo.model

@@ -98,7 +98,10 @@ def test_init_from_an_imagebert_checkpoint(tiny_bert, tmp_path):
     assert "loss_moc" not in rec and rec["loss"] == pytest.approx(
         rec["loss_mlm"] + rec["loss_mrfr"] + 2 * rec["loss_itm"]
     )
-    assert json.loads((second / "config.json").read_text())["task_moc"] is False
+    # the switches are training config now: recorded in the run config, not in the model's config.json
+    assert "task_moc" not in json.loads((second / "config.json").read_text())
+    assert "moc: false" in (second / "run_config.yaml").read_text()
+    assert (second / "processor_config.json").is_file()  # every checkpoint carries its ImageBertProcessor
     # an architecture change against a loaded checkpoint is refused by name
     from imagebert.config_utils import ConfigError
 

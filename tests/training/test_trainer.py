@@ -234,3 +234,92 @@ def test_checkpoint_hooks_do_not_perturb_the_run(tiny_bert, tmp_path):
         random.random()
 
     assert run(tmp_path / "plain", 0, None) == run(tmp_path / "hooked", 1, noisy_hook)
+
+
+class _ScriptedEvaluator:
+    """Returns a scripted score per step and tries to perturb the run (RNG draws, mode switch) as real ones may."""
+
+    def __init__(self, scores: dict[int, float]) -> None:
+        self.scores = scores
+        self.calls: list[tuple[int, bool]] = []
+
+    def __call__(self, model, step: int) -> dict[str, float]:
+        import random
+
+        self.calls.append((step, model.training))
+        model.train()  # the Trainer must undo this
+        torch.rand(1000)
+        random.random()
+        return {"score": self.scores.get(step, 0.0), "label": f"step {step}"}
+
+
+def test_evaluation_callbacks_log_keep_the_best_and_leave_the_run_unchanged(tiny_bert, tmp_path):
+    from imagebert.config_utils import ConfigError
+    from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
+    from imagebert.tasks.pretraining import ItmConfig, MaskingConfig
+    from imagebert.training import PairPool, PretrainTask, Trainer
+
+    caps, recs = make_corpus()
+    pool = PairPool([InMemoryPairDataset(caps, recs)])
+
+    def trainer(out: Path, evaluators=(), steps: int = 6, **kw) -> Trainer:
+        torch.manual_seed(0)
+        model = ImageBertForPreTraining.init_from_bert(tiny_bert, **tiny_model_overrides())
+        task = PretrainTask(pool, load_tokenizer(tiny_bert), model.config, MaskingConfig(), ItmConfig())
+        tcfg = TrainerConfig(batch_size=4, steps=steps, log_every=1, checkpoint_every=0, evaluate_every=2,
+                             progress_bar=False, tensorboard=False)  # fmt: skip
+        return Trainer(model, task, pool, tcfg, out, evaluators=evaluators, **kw)
+
+    plain = tmp_path / "plain"
+    trainer(plain).train()
+    ev = _ScriptedEvaluator({2: 1.0, 4: 3.0, 6: 2.0})
+    out = tmp_path / "evaluated"
+    t = trainer(out, [ev], best_metric="score")
+    t.train()
+    assert ev.calls == [(2, False), (4, False), (6, False)]  # every 2 steps and at the end, in eval mode
+    assert t.model.training  # back in training mode after the evaluator switched it
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("event") == "evaluation"]
+    assert [(r["step"], r["score"]) for r in evals] == [(2, 1.0), (4, 3.0), (6, 2.0)]
+    # evaluation draws random numbers and switches modes: the losses are still those of the plain run
+    assert [m["loss"] for m in _metrics(out.parent, out.name)] == [
+        m["loss"] for m in _metrics(plain.parent, plain.name)
+    ]
+    best = json.loads((out / "best" / "meta.json").read_text())
+    assert (best["step"], best["best_metric"], best["best_value"]) == (4, "score", 3.0)
+    assert best["metrics"]["label"] == "step 4"
+    assert json.loads((out / "final" / "meta.json").read_text())["metrics"]["score"] == 2.0
+
+    # a second run into the same folder must beat the stored best (3.0) to replace it
+    trainer(out, [_ScriptedEvaluator({2: 2.5})], steps=2, best_metric="score").train()
+    assert json.loads((out / "best" / "meta.json").read_text())["best_value"] == 3.0
+    trainer(out, [_ScriptedEvaluator({2: 4.0})], steps=2, best_metric="score").train()
+    best = json.loads((out / "best" / "meta.json").read_text())
+    assert (best["step"], best["best_value"]) == (2, 4.0)
+
+    with pytest.raises(ValueError, match="best_metric needs at least one evaluator"):
+        trainer(tmp_path / "x", best_metric="score")
+    with pytest.raises(KeyError, match="missing"):
+        trainer(tmp_path / "y", [_ScriptedEvaluator({})], steps=2, best_metric="missing").train()
+    with pytest.raises(ConfigError, match="evaluate_every"):
+        TrainerConfig(steps=1, evaluate_every=-1).validate()
+
+
+def test_bf16_precision_comes_from_the_runtime_layer(tiny_bert, tmp_path):
+    """The Trainer's autocast dtype is runtime.precision's answer for the configured name."""
+    from imagebert.modeling import ImageBertForPreTraining, load_tokenizer
+    from imagebert.runtime.precision import resolve_precision
+    from imagebert.tasks.pretraining import ItmConfig, MaskingConfig
+    from imagebert.training import PairPool, PretrainTask, Trainer
+
+    caps, recs = make_corpus()
+    pool = PairPool([InMemoryPairDataset(caps, recs)])
+    model = ImageBertForPreTraining.init_from_bert(tiny_bert, **tiny_model_overrides())
+    task = PretrainTask(pool, load_tokenizer(tiny_bert), model.config, MaskingConfig(), ItmConfig())
+    for name in ("fp32", "bf16"):
+        tcfg = TrainerConfig(batch_size=4, steps=1, precision=name, progress_bar=False, tensorboard=False)
+        t = Trainer(model, task, pool, tcfg, tmp_path / name)
+        assert t._autocast_dtype == resolve_precision(name, "cpu")
+        with t._autocast():
+            y = torch.nn.functional.linear(torch.ones(2, 2), torch.ones(2, 2))
+        assert y.dtype == (torch.bfloat16 if name == "bf16" else torch.float32)

@@ -3,6 +3,8 @@
 Image ids must equal the feature store's keys. The defaults follow what the feature extractors write:
 Flickr30k uses the file name stem (`1000092795.jpg` -> `1000092795`), COCO uses `cocoid` (`391895`); both are the
 `image_id` column of the public bottom-up-attention TSVs. `image_id="stem"|"cocoid"|"imgid"|"filename"` overrides.
+`dataset="karpathy"` reads any file in the Karpathy layout (your own captions): `auto` ids are the file name stem
+(what `imagebert extract` names images), or `imgid` for entries without a file name.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from imagebert.data.types import Caption
 from imagebert.errors import InputError
 
 ID_CHOICES = ("auto", "stem", "cocoid", "imgid", "filename")
+KARPATHY_DATASETS = ("karpathy", "flickr30k", "flickr8k", "coco")
 MAX_CAPTION_CHARS = 10_000
 
 
@@ -25,6 +28,8 @@ def _karpathy_image_id(img: dict[str, Any], dataset: str, image_id: str, path: P
     choice = image_id
     if choice == "auto":
         choice = "cocoid" if dataset == "coco" else "stem"
+        if dataset == "karpathy" and not img.get("filename") and "imgid" in img:
+            choice = "imgid"
     if choice in ("stem", "filename"):
         name = img.get("filename")
         if not isinstance(name, str) or not name:
@@ -40,10 +45,12 @@ def _karpathy_image_id(img: dict[str, Any], dataset: str, image_id: str, path: P
 def read_karpathy_json(
     path: str | os.PathLike, dataset: str = "flickr30k", image_id: str = "auto"
 ) -> list[Caption]:
-    """All captions of a Karpathy split file; `Caption.split` is the image's split (train/restval/val/test)."""
+    """All captions of a Karpathy split file; `Caption.split` is the image's split (train/restval/val/test).
+
+    `dataset` only chooses the `auto` id convention: coco -> cocoid, the others -> file name stem."""
     path = Path(path)
-    if dataset not in ("flickr30k", "flickr8k", "coco"):
-        raise ValueError(f"dataset must be flickr30k, flickr8k or coco, got {dataset!r}")
+    if dataset not in KARPATHY_DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(KARPATHY_DATASETS)}, got {dataset!r}")
     if image_id not in ID_CHOICES:
         raise ValueError(f"image_id must be one of {ID_CHOICES}, got {image_id!r}")
     try:

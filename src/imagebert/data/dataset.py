@@ -1,6 +1,9 @@
 """A dataset definition (YAML) pairs caption sources with a feature store; `PairDataset` serves the pairs.
 
-Relative paths in the YAML resolve against the YAML file's folder, so a dataset folder can be moved as a whole.
+Relative paths in the YAML resolve against the YAML file's folder, so a dataset folder can be moved as a whole;
+`root:` names another folder for them (`root: "@cwd"` = the working directory, what the shipped templates in
+configs/datasets/ use). Paths given on the command line (`--set feature_store=...`) resolve against the working
+directory (docs/configuration.md).
 Captions whose image is not in the store stop construction by default (naming the first ids); with
 `missing_images: skip` they are counted and, when `rejects_path` is set, written there as JSONL.
 """
@@ -15,7 +18,7 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
-from imagebert.config_utils import ConfigError, load_config
+from imagebert.config_utils import ConfigError, load_config, resolve_config_path
 from imagebert.data.captions import ID_CHOICES, read_caption_list, read_karpathy_json
 from imagebert.data.store import BoxSelection, FeatureStore
 from imagebert.data.types import Caption, RegionRecord
@@ -26,7 +29,8 @@ from imagebert.errors import InputError
 class CaptionSource:
     path: str
     format: Literal["karpathy", "caption-list"] = "karpathy"
-    dataset: Literal["flickr30k", "flickr8k", "coco"] = "flickr30k"  # karpathy only
+    # karpathy only: which Karpathy file; `karpathy` = any file in that layout (your own captions)
+    dataset: Literal["karpathy", "flickr30k", "flickr8k", "coco"] = "flickr30k"
     image_id: str = "auto"  # karpathy only: auto | stem | cocoid | imgid | filename
     splits: list[str] | None = None  # keep only these splits (None = all)
     split: str = "train"  # caption-list only: the split of rows without a `split` column
@@ -50,7 +54,20 @@ class DatasetSpec:
     # A requested split matches these caption splits (Karpathy "train" usually includes "restval").
     split_aliases: dict[str, list[str]] = field(default_factory=lambda: {"train": ["train", "restval"]})
     box_selection: BoxSelectionSpec | None = None  # applied when reading
-    base_dir: str = ""  # set by load_dataset_spec: the YAML file's folder
+    # folder the relative paths of this file resolve against: None = the file's folder, "@cwd" = the working
+    # directory, else a folder (relative: to the file's folder)
+    root: str | None = None
+    base_dir: str = ""  # set by load_dataset_spec: the folder relative paths resolve against
+
+    def validate(self) -> None:
+        """Called by the loader: what can be checked without reading the data."""
+        for i, src in enumerate(self.captions):
+            if src.image_id not in ID_CHOICES:
+                raise ConfigError(
+                    f"captions[{i}].image_id: {src.image_id!r} is not one of {list(ID_CHOICES)}"
+                )
+        if not self.captions:
+            raise ConfigError("captions: name at least one caption source")
 
     def resolve(self, p: str) -> Path:
         path = Path(p).expanduser()
@@ -59,18 +76,25 @@ class DatasetSpec:
         return Path(os.path.normpath(path))  # "configs/datasets/../../data" -> "data" in messages
 
 
+# Keys whose command-line values are paths (made absolute against the working directory before loading).
+PATH_KEYS = ("feature_store", "captions.*.path", "rejects_path", "root")
+CWD_ROOT = "@cwd"
+
+
 def load_dataset_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> DatasetSpec:
-    """Read a dataset YAML (unknown keys rejected by name); relative paths resolve against its folder."""
+    """Read a dataset YAML (a file or a shipped name; unknown keys rejected by name); relative paths resolve
+    against its folder, or against `root`."""
+    path = resolve_config_path(path, "datasets")
     spec = load_config(DatasetSpec, path, overrides)
     if not spec.base_dir:
-        spec.base_dir = str(Path(path).resolve().parent)
-    for i, src in enumerate(spec.captions):
-        if src.image_id not in ID_CHOICES:
-            raise ConfigError(
-                f"{path}: captions[{i}].image_id: {src.image_id!r} is not one of {list(ID_CHOICES)}"
-            )
-    if not spec.captions:
-        raise ConfigError(f"{path}: captions: name at least one caption source")
+        folder = Path(path).resolve().parent
+        if spec.root is None:
+            base = folder
+        elif spec.root == CWD_ROOT:
+            base = Path.cwd()
+        else:
+            base = folder / Path(spec.root).expanduser()
+        spec.base_dir = os.path.normpath(base)
     return spec
 
 

@@ -57,8 +57,12 @@ def import_features(
     writer = FeatureStoreWriter(out, dtype=dtype, box_selection=box_selection)
     interrupted = False
     resumed: set[str] = set()  # ids found stored by an earlier run, seen once in this run's sources
+    from imagebert.runtime.progress import Progress
+
+    bar = Progress("features import", unit="records")
     try:
         for item in iter_source(fmt, sources, allow_pickle=allow_pickle, image_sizes=image_sizes):
+            bar.update(1)
             try:
                 iid = item.image_id
                 if iid and len(iid.encode("utf-8")) <= MAX_ID_BYTES and iid in writer:
@@ -96,6 +100,7 @@ def import_features(
         writer.close(complete=False)
         raise
     finally:
+        bar.close()
         if rejects_file is not None:
             rejects_file.close()
     writer.close(complete=not interrupted)

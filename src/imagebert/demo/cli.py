@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+
+from imagebert.config_utils import add_config_file_arguments, defer_config_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,30 +14,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     p.add_argument("--out", default="demo_out", help="output folder (re-running resumes from finished steps)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a demo setting, e.g. --set pretrain_steps=300 (see imagebert.demo.pipeline.DemoSettings)",
-    )
     p.add_argument("--bert", default=None, help="BERT folder for the text side (default: the shipped MiniLM)")
+    add_config_file_arguments(p)
+    defer_config_arguments(p, _settings_class)
     p.set_defaults(func=_run)
 
 
+def _settings_class() -> type:
+    from imagebert.demo.pipeline import DemoSettings
+
+    return DemoSettings
+
+
 def _run(args: argparse.Namespace) -> int:
-    from imagebert.cli import CliError
-    from imagebert.config_utils import ConfigError, apply_overrides, from_dict
+    from imagebert.config_utils import cli_overrides, config_argument, load_config, resolve_config_path
     from imagebert.demo.pipeline import DemoSettings, run_demo
 
-    try:
-        settings = from_dict(
-            DemoSettings, apply_overrides(dataclasses.asdict(DemoSettings()), args.overrides)
-        )
-        check_demo_settings(settings)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from exc
+    config = config_argument(args)
+    settings = load_config(DemoSettings, resolve_config_path(config) if config else None,
+                           cli_overrides(args, DemoSettings))  # fmt: skip
+    check_demo_settings(settings)
     run_demo(args.out, settings, bert_path=args.bert)
     return 0
 

@@ -454,9 +454,9 @@ class _NoProgress:
 def _progress(total: int, enabled: bool):
     if not enabled:
         return _NoProgress()
-    from tqdm.auto import tqdm
+    from imagebert.runtime.progress import Progress  # bar on a TTY, periodic lines otherwise, summary line
 
-    return tqdm(total=total, unit="img", desc="extract", dynamic_ncols=True)
+    return Progress("extract", total, unit="images")
 
 
 def iter_rejects(path: str | os.PathLike) -> Iterable[tuple[str, str]]:

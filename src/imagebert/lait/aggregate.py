@@ -9,9 +9,7 @@ distance d agree exactly on at least one of d + 1 bands), so grouping is not qua
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 from imagebert.lait.config import LaitConfig
 from imagebert.lait.funnel import Funnel
 from imagebert.lait.images import hamming
+from imagebert.runtime.atomic import atomic_copy, atomic_write_text
 
 
 class _UnionFind:
@@ -84,9 +83,7 @@ def read_shards(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text, fsync=False)
 
 
 def aggregate(
@@ -151,9 +148,7 @@ def aggregate(
         src = work_dir / "shards" / r["_shard"] / "images" / f"{r['image_id']}.jpg"
         dst = images_out / f"{r['image_id']}.jpg"
         if not dst.exists():
-            tmp = dst.with_name(dst.name + ".tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            atomic_copy(src, dst)
         row = {k: v for k, v in r.items() if not k.startswith("_") and k != "dhash"}
         lines.append(json.dumps(row, ensure_ascii=False))
     keep_ids = {r["image_id"] for r in kept}

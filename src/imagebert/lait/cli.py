@@ -7,26 +7,38 @@ import json
 import sys
 from pathlib import Path
 
+from imagebert.config_utils import add_config_file_arguments, defer_config_arguments
+
+
+def _lait_config() -> type:
+    from imagebert.lait.config import LaitConfig
+
+    return LaitConfig
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("lait", help="build image-text pairs from web crawls (LAIT pipeline)")
     sub = p.add_subparsers(dest="lait_command", metavar="STEP")
 
-    run = sub.add_parser("run", help="WARC files / HTML folders -> captions.jsonl + images/ + funnel report")
+    run = sub.add_parser(
+        "run", help="WARC files / HTML folders -> captions.jsonl + images/ + funnel report",
+        description="Settings: --config FILE (a LAIT YAML or a shipped name such as lait/default), one flag per "
+        "setting (--pages.min-chars N, --run.workers N, ...) and --set.",
+    )  # fmt: skip
     run.add_argument("inputs", nargs="+", help="WARC files, HTML files, or folders holding them")
     run.add_argument("--out", required=True, help="output folder (also holds work/ for resumable shards)")
-    run.add_argument("--config", default=None, help="YAML config (see configs/lait/default.yaml)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    run.add_argument("--workers", type=int, default=None, help="local worker processes (1 = in-process)")
+    add_config_file_arguments(run, "lait")
     run.add_argument(
         "--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)"
     )
-    run.add_argument(
+    again = run.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume", action="store_true", help="continue an existing output folder (finished tasks are kept)"
     )
-    run.add_argument(
+    again.add_argument(
         "--overwrite", action="store_true", help="delete an existing output folder and start again"
     )
+    defer_config_arguments(run, _lait_config, aliases={"run.workers": ["--workers"]})
     run.set_defaults(func=_run)
 
     tr = sub.add_parser(
@@ -34,8 +46,7 @@ def register(subparsers) -> None:
     )
     tr.add_argument("labels", help='JSONL rows: {"image": path, "text": str, "related": 0|1, "source"?}')
     tr.add_argument("--out", required=True, help="where to write the scorer (.safetensors)")
-    tr.add_argument("--config", default=None)
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_file_arguments(tr, "lait")
     tr.set_defaults(func=_train)
 
     ms = sub.add_parser("make-sample", help="write a small synthetic WARC crawl to try the pipeline on")
@@ -74,21 +85,20 @@ def register(subparsers) -> None:
     tp.set_defaults(func=_train_photo)
 
     sc = sub.add_parser("show-config", help="print the effective config as YAML")
-    sc.add_argument("--config", default=None)
-    sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_file_arguments(sc, "lait")
+    defer_config_arguments(sc, _lait_config)
     sc.set_defaults(func=_show)
     p.set_defaults(func=lambda a: (p.print_help(), 1)[1])
 
 
-def _config(args):
-    from imagebert.cli import CliError
-    from imagebert.config_utils import ConfigError
+def _config(args: argparse.Namespace) -> object:
+    from imagebert.config_utils import cli_overrides, config_argument, resolve_config_path
     from imagebert.lait.config import load_lait_config
 
-    try:
-        return load_lait_config(args.config, args.set)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from exc
+    config = config_argument(args)
+    return load_lait_config(
+        resolve_config_path(config, "lait") if config else None, cli_overrides(args, _lait_config())
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     # one writer per output folder, and no silent mixing with an earlier run's output
     lock = open_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, what="LAIT output folder")
     try:
-        summary = run_lait(args.inputs, args.out, cfg, scheduler=args.scheduler, workers=args.workers)
+        summary = run_lait(args.inputs, args.out, cfg, scheduler=args.scheduler)
     except (FileNotFoundError, ValueError, LaitRunError) as exc:
         raise CliError(str(exc)) from exc
     finally:
@@ -130,15 +140,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from imagebert.cli import CliError
-    from imagebert.errors import InputError
     from imagebert.lait.train import train_from_jsonl
 
     cfg = _config(args)
-    try:
-        metrics = train_from_jsonl(args.labels, args.out, cfg)
-    except InputError as exc:
-        raise CliError(str(exc)) from exc
+    metrics = train_from_jsonl(args.labels, args.out, cfg)
     print(json.dumps(metrics))
     if not metrics["target_reached"]:
         print(

@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagebert.config_utils import ConfigError, load_config, to_dict
+from imagebert.config_utils import ConfigError, load_config, meta, to_dict
 
 
 @dataclass
@@ -38,7 +38,8 @@ class ImageConfig:
     # "learned" = the shipped photo / non-photo model (EfficientNet-Lite0 features + colour statistics);
     # "heuristic" = the old palette/flat/edge rules; "none"; or "package.module:factory".
     type_classifier: str = "learned"
-    photo_model: str | None = None  # weights from `lait train-photo-classifier`; None = the shipped ones
+    # weights from `lait train-photo-classifier`; None = the shipped ones (a path: relative to the YAML's folder)
+    photo_model: str | None = field(default=None, metadata=meta(path=True))
     photo_threshold: float | None = None  # P(photo) to keep; None = the threshold stored in the weights file
     skin_ratio_threshold: float = 0.5
     min_palette_colors: int = 200

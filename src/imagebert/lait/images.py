@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
-import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from imagebert.lait.config import ImageConfig
+from imagebert.runtime.images import ImageDecodeError, decode_rgb, pillow_limits
 
 Classifier = Callable[[Image.Image], tuple[str, float]]
 
@@ -58,44 +57,41 @@ def hamming(a: int, b: int) -> int:
 
 
 def decode_image(data: bytes, cfg: ImageConfig) -> CheckedImage:
-    """Size, decodability, animation, aspect and bomb checks; returns the image re-encoded as JPEG."""
+    """Size, decodability, animation, aspect and bomb checks; returns the image re-encoded as JPEG.
+
+    Decoding is the shared `imagebert.runtime.images.decode_rgb` (EXIF orientation applied, alpha composited onto
+    white, 16-bit grey scaled); the LAIT refusals (animation, small side, aspect) run on the header, before any
+    pixel is decoded. Pillow's limit is set to `images.max_pixels` for the call (and restored after): other code
+    in the same process keeps its own settings.
+    """
     if len(data) > cfg.max_bytes:
         raise ImageReject("too_many_bytes", f"{len(data)} bytes")
-    # Set explicitly (Pillow's default is a warning at 89M pixels), and restored after: other code in the same
-    # process keeps its own settings.
-    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = cfg.max_pixels, False
+
+    def check_header(im: Image.Image) -> None:
+        w, h = im.size
+        if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
+            raise ImageReject("animated", f"{im.format} {getattr(im, 'n_frames', '?')} frames")
+        if w <= cfg.min_side or h <= cfg.min_side:  # from the header: no pixels decoded yet
+            raise ImageReject("too_small", f"{w}x{h}")
+        if max(w, h) / min(w, h) > cfg.max_aspect:
+            raise ImageReject("extreme_aspect", f"{w}x{h}")
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > cfg.max_pixels:
-                raise ImageReject(
-                    "decompression_bomb",
-                    f"{w}x{h} = {w * h:,} pixels > images.max_pixels = {cfg.max_pixels:,}",
-                )
-            if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
-                raise ImageReject("animated", f"{im.format} {getattr(im, 'n_frames', '?')} frames")
-            if w <= cfg.min_side or h <= cfg.min_side:  # from the header: no pixels decoded yet
-                raise ImageReject("too_small", f"{w}x{h}")
-            if max(w, h) / min(w, h) > cfg.max_aspect:
-                raise ImageReject("extreme_aspect", f"{w}x{h}")
-            im.load()
+        with pillow_limits(cfg.max_pixels):
+            rgb = decode_rgb(data, cfg.max_pixels, check_header=check_header)
     except ImageReject:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own message quotes its error limit (twice MAX_IMAGE_PIXELS); state ours.
-        m = re.search(r"\((\d+) pixels\)", str(exc))
-        got = f"{int(m.group(1)):,} pixels" if m else "size unknown"
-        raise ImageReject(
-            "decompression_bomb", f"{got} > images.max_pixels = {cfg.max_pixels:,} (from the header)"
-        ) from None
+    except ImageDecodeError as exc:
+        if exc.kind == "decompression_bomb":
+            # Pillow's own message quotes its error limit (twice MAX_IMAGE_PIXELS); state ours.
+            got = f"{exc.pixels:,} pixels" if exc.pixels is not None else "size unknown"
+            raise ImageReject(
+                "decompression_bomb", f"{got} > images.max_pixels = {cfg.max_pixels:,} (from the header)"
+            ) from None
+        raise ImageReject("undecodable", f"{exc.kind}: {exc.message}"[:160]) from None
     except Exception as exc:  # noqa: BLE001 - every decoder failure is one reject reason
         raise ImageReject("undecodable", f"{type(exc).__name__}: {exc}"[:160]) from None
-    finally:
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
-    rgb = im.convert("RGB")
+    w, h = rgb.size
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=cfg.jpeg_quality)
     thumb = rgb.copy()

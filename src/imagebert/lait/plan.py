@@ -20,6 +20,7 @@ from typing import Any
 
 from imagebert.lait.config import LaitConfig
 from imagebert.lait.sources import Shard, ShardReadError, WarcIndex, decompress_whole_gzip, index_warc
+from imagebert.runtime.atomic import atomic_write_text
 
 # Config sections that do not change what a task writes (aggregation runs after the tasks; the rest is
 # scheduling or reporting).
@@ -96,9 +97,7 @@ def build_index(warc: str, work_dir: str) -> dict[str, Any]:
             0, ShardReadError("note_whole_file_gzip", f"{Path(warc).name}: inflated to {plain.name}")
         )
     data = asdict(idx)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(data), fsync=False)
     return {"file": warc, "index": str(out), "status": "built"}
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -158,10 +157,10 @@ def decompress_whole_gzip(path: str, dest: Path) -> Path:
     import shutil
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    with gzip.open(path, "rb") as src, open(tmp, "wb") as out:
+    from imagebert.runtime.atomic import atomic_open
+
+    with gzip.open(path, "rb") as src, atomic_open(dest, "wb", fsync=False) as out:
         shutil.copyfileobj(src, out, 1 << 20)
-    os.replace(tmp, dest)
     return dest
 
 

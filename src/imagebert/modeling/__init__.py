@@ -1,7 +1,13 @@
-"""The ImageBERT model: config, embeddings and sequence layout, encoder, heads."""
+"""The ImageBERT model: config, embeddings and sequence layout, encoder, heads, and the processor.
+
+Importing this package registers the classes with transformers' Auto API (`AutoConfig.for_model("imagebert")`,
+`AutoModel` / `AutoModelForPreTraining.from_pretrained(saved_dir)`, `AutoProcessor`).
+"""
+
+import contextlib
 
 from imagebert.modeling.configuration import ImageBertConfig
-from imagebert.modeling.heads import contrastive_loss
+from imagebert.modeling.heads import contrastive_loss, contrastive_loss_from_log_scale
 from imagebert.modeling.inputs import default_bert_path, load_tokenizer, region_locations
 from imagebert.modeling.model import (
     ImageBertForPreTraining,
@@ -12,6 +18,26 @@ from imagebert.modeling.model import (
     ImageBertRetrievalOutput,
     itc_projections_trained,
 )
+from imagebert.modeling.processing import ImageBertProcessor
+from imagebert.modeling.tasks import PretrainingTasks
+
+
+def _register_auto_classes() -> None:
+    """Make the Auto classes resolve model_type "imagebert" (idempotent: a re-import must not raise)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor
+
+    registrations = (
+        (lambda: AutoConfig.register("imagebert", ImageBertConfig)),
+        (lambda: AutoModel.register(ImageBertConfig, ImageBertModel)),
+        (lambda: AutoModelForPreTraining.register(ImageBertConfig, ImageBertForPreTraining)),
+        (lambda: AutoProcessor.register(ImageBertConfig, ImageBertProcessor)),
+    )
+    for register in registrations:
+        with contextlib.suppress(ValueError):  # already registered (module reloaded)
+            register()
+
+
+_register_auto_classes()
 
 __all__ = [
     "ImageBertConfig",
@@ -21,7 +47,10 @@ __all__ = [
     "ImageBertModelOutput",
     "ImageBertForPreTrainingOutput",
     "ImageBertRetrievalOutput",
+    "ImageBertProcessor",
+    "PretrainingTasks",
     "contrastive_loss",
+    "contrastive_loss_from_log_scale",
     "default_bert_path",
     "load_tokenizer",
     "region_locations",

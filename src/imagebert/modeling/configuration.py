@@ -11,11 +11,16 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import BertConfig
 
+from imagebert.modeling.tasks import LEGACY_TRAINING_SWITCHES, warn_legacy_switches
+
 # Keys a BERT checkpoint's config.json may carry that are bookkeeping rather than model settings.
 _BOOKKEEPING_KEYS = {
     "architectures",
     "transformers_version",
     "_name_or_path",
+    "name_or_path",  # AutoConfig.from_pretrained passes it
+    "attn_implementation",  # from_pretrained(..., attn_implementation="eager")
+    "output_attentions",  # a property of PretrainedConfig (to_dict writes it)
     "model_type",
     "torch_dtype",
     "gradient_checkpointing",
@@ -23,6 +28,9 @@ _BOOKKEEPING_KEYS = {
     "num_labels",
     "_attn_implementation_autoset",
 }
+
+# Of those, the ones PretrainedConfig itself acts on.
+_PASSED_ON = {"torch_dtype", "num_labels", "name_or_path", "attn_implementation", "output_attentions"}
 
 
 @strict
@@ -61,27 +69,20 @@ class ImageBertConfig(BertConfig):
     itm_match_features: bool = True
     # UNCONFIRMED: MRFR squared error averaged over feature dimensions ("mean") or summed ("sum").
     mrfr_reduction: str = "mean"
-    # Which pre-training tasks contribute to the loss, and with what weight (paper: plain sum of the four).
-    task_mlm: bool = True
-    task_moc: bool = True
-    task_mrfr: bool = True
-    task_itm: bool = True
-    # Beyond the paper: image-text contrastive task over single-modality passes (fast retrieval's first stage).
-    task_itc: bool = False
-    loss_weight_mlm: float = 1.0
-    loss_weight_moc: float = 1.0
-    loss_weight_mrfr: float = 1.0
-    loss_weight_itm: float = 1.0
-    loss_weight_itc: float = 1.0
     itc_dim: int = 256
     itc_temperature: float = 0.07
     # Bookkeeping: optimizer steps in which the contrastive projections received a loss (pre-training with
-    # task_itc, or fine-tuning with loss.itc > 0). 0 means they are untrained and fast retrieval refuses them.
+    # tasks.itc, or fine-tuning with loss.itc > 0). 0 means they are untrained and fast retrieval refuses them.
     itc_trained_steps: int = 0
-    # Check inputs for NaN/inf and out-of-range shapes in forward (one host sync per call).
-    validate_inputs: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # Training switches (task_*, loss_weight_*, validate_inputs) used to live here; they now belong to the
+        # pre-training config. Configs and checkpoints that still carry them keep working for one release: the
+        # values are held aside (not saved again) and become the model's default tasks.
+        legacy = {k: kwargs.pop(k) for k in list(kwargs) if k in LEGACY_TRAINING_SWITCHES}
+        if legacy:
+            warn_legacy_switches(legacy, "ImageBertConfig")
+        object.__setattr__(self, "_legacy_switches", legacy)
         unknown = sorted(k for k in kwargs if k not in _BOOKKEEPING_KEYS)
         if unknown:
             raise ValueError(
@@ -111,12 +112,18 @@ class ImageBertConfig(BertConfig):
                 f"ImageBertConfig: max_text_tokens={self.max_text_tokens} needs max_position_embeddings >= "
                 f"{self.max_text_tokens + 2} (text positions start at 3)"
             )
-        kwargs = {
-            k: v
-            for k, v in kwargs.items()
-            if k not in _BOOKKEEPING_KEYS or k in ("torch_dtype", "num_labels")
-        }
+        kwargs = {k: v for k, v in kwargs.items() if k not in _BOOKKEEPING_KEYS or k in _PASSED_ON}
         super().__post_init__(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.pop("_legacy_switches", None)  # deprecated training switches are read, never written back
+        return out
+
+    @property
+    def legacy_training_switches(self) -> dict[str, Any]:
+        """Deprecated `task_*` / `loss_weight_*` / `validate_inputs` keys this config was built with."""
+        return dict(getattr(self, "_legacy_switches", {}) or {})
 
     @classmethod
     def from_bert_checkpoint(cls, path: str | Any, **overrides: Any) -> ImageBertConfig:

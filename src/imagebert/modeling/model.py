@@ -1,13 +1,19 @@
 """ImageBERT: one BERT encoder over `[CLS] regions [SEP] words [SEP]`, with the paper's four pre-training heads.
 
-The encoder, embeddings and pooler are transformers' own BERT modules (SDPA attention); ImageBERT adds the region
-projections, the sequence assembly, and the heads. Parameter names under `imagebert.` mirror `BertModel`, which
-is what lets `init_from_bert` copy any BERT checkpoint in.
+The encoder, embeddings and pooler are transformers' own BERT modules (SDPA attention); ImageBERT adds the
+region projections, the sequence assembly, and the heads. The models follow the Hugging Face layout of BERT:
+the encoder sits under `bert.` (`base_model_prefix = "bert"`) with BertModel's module names and the MLM head
+is `cls.predictions` (BertForPreTraining's), so `from_pretrained(bert_folder)` maps a BERT checkpoint's
+weights by itself; only the region-side layers and the ImageBERT heads start new. Checkpoints written before
+this layout (`imagebert.*`, `mlm_head.*`) are renamed on load for one release.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +22,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
-from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertPooler
+from transformers.models.bert.modeling_bert import (
+    BertEmbeddings,
+    BertEncoder,
+    BertLMPredictionHead,
+    BertOnlyMLMHead,
+    BertPooler,
+)
 from transformers.utils import ModelOutput
 
 from imagebert.modeling.configuration import ImageBertConfig
-from imagebert.modeling.heads import MaskedLanguageModelHead, RegionHeads, contrastive_loss
+from imagebert.modeling.heads import RegionHeads, ScoreHead, contrastive_loss_from_log_scale
+from imagebert.modeling.tasks import TASK_NAMES, PretrainingTasks
+
+log = logging.getLogger(__name__)
 
 REGION_POSITION_ID = 1  # every region shares this "dummy" sequence position (paper Fig. 4)
 IMAGE_SEP_POSITION_ID = 2
@@ -41,11 +57,15 @@ class ImageBertModelOutput(ModelOutput):
     pooler_output: torch.Tensor | None = None
     text_hidden_states: torch.Tensor | None = None
     region_hidden_states: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class ImageBertForPreTrainingOutput(ModelOutput):
-    """Total and per-task losses (None for a task that is off or got no labels) and the ITM logits."""
+    """Total and per-task losses (None for a task that is off or got no labels) and the ITM logits.
+    `hidden_states` / `attentions` (on request) are the joint pass's, in the `[CLS] regions [SEP] words`
+    layout."""
 
     loss: torch.Tensor | None = None
     mlm_loss: torch.Tensor | None = None
@@ -54,6 +74,8 @@ class ImageBertForPreTrainingOutput(ModelOutput):
     itm_loss: torch.Tensor | None = None
     itc_loss: torch.Tensor | None = None
     itm_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -62,114 +84,145 @@ class ImageBertRetrievalOutput(ModelOutput):
 
     scores: torch.Tensor | None = None
     loss: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# Key names of checkpoints saved before the encoder moved under `bert.` and the MLM head became
+# `cls.predictions`.
+LEGACY_KEY_MAPPING = {
+    r"^imagebert\.": "bert.",
+    r"^mlm_head\.dense\.": "cls.predictions.transform.dense.",
+    r"^mlm_head\.LayerNorm\.": "cls.predictions.transform.LayerNorm.",
+    r"^mlm_head\.bias$": "cls.predictions.bias",
+}
+
+
+def _checkpoint_keys(folder: Path) -> list[str] | None:
+    """Tensor names of a local checkpoint (safetensors header or index; None when there is no such file)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}))
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(single), "pt") as fh:
+        return list(fh.keys())
+
+
+def _is_legacy_layout(keys: list[str]) -> bool:
+    return any(k.startswith(("imagebert.", "mlm_head.")) for k in keys)
 
 
 class ImageBertPreTrainedModel(PreTrainedModel):
     config_class = ImageBertConfig
     config: ImageBertConfig
-    base_model_prefix = "imagebert"
+    base_model_prefix = "bert"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
+    # A BertForPreTraining checkpoint's NSP head (2-way) has no counterpart here; ImageBERT's ITM head is new.
+    _keys_to_ignore_on_load_unexpected = [r"^cls\.seq_relationship\.", r"position_ids$"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation (N(0, initializer_range), zero biases, unit LayerNorm) for every new layer."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, MaskedLanguageModelHead):
-            nn.init.zeros_(module.bias)
+        """BERT's initialisation (N(0, initializer_range), zero biases, unit LayerNorm) for every new layer.
+        Uses transformers' guarded init functions so tensors loaded from a checkpoint are never
+        overwritten."""
+        super()._init_weights(module)
+        if isinstance(module, BertLMPredictionHead):
+            init.zeros_(module.bias)
         elif isinstance(module, BertEmbeddings):
-            with torch.no_grad():
-                module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-                module.token_type_ids.zero_()
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+            init.zeros_(module.token_type_ids)
         if isinstance(module, _ItmReadout) and module.match is not None:
-            with torch.no_grad():  # zero: a checkpoint saved without this readout scores exactly as before
-                module.match.weight.zero_()
-                module.match.bias.zero_()
+            # zero: a checkpoint saved without this readout scores exactly as before
+            init.zeros_(module.match.weight)
+            init.zeros_(module.match.bias)
         if isinstance(module, ImageBertModel):
-            with torch.no_grad():  # identity statistics, for checkpoints saved before they existed
-                module.region_feature_mean.zero_()
-                module.region_feature_std.fill_(1.0)
+            # identity statistics, for checkpoints saved before they existed
+            init.zeros_(module.region_feature_mean)
+            init.ones_(module.region_feature_std)
         if isinstance(module, _ContrastiveMixin) and hasattr(module, "itc_logit_scale"):
-            with torch.no_grad():
-                module.itc_logit_scale.fill_(math.log(1.0 / self.config.itc_temperature))
+            init.constant_(module.itc_logit_scale, math.log(1.0 / self.config.itc_temperature))
+
+    @property
+    def validate_inputs(self) -> bool:
+        """Check inputs for NaN/inf in forward (one host sync per call); a runtime switch, not saved."""
+        return self.base_model._validate_inputs
+
+    @validate_inputs.setter
+    def validate_inputs(self, value: bool) -> None:
+        self.base_model._validate_inputs = bool(value)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, plus: a local checkpoint saved with the old key names
+        (`imagebert.*`, `mlm_head.*`) is renamed on load (deprecated, one release) and re-saves in the new
+        layout."""
+        folder = Path(pretrained_model_name_or_path)
+        legacy = False
+        if folder.is_dir() and "key_mapping" not in kwargs:
+            keys = _checkpoint_keys(folder)
+            legacy = keys is not None and _is_legacy_layout(keys)
+        if not legacy:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        warnings.warn(
+            f"{folder}: checkpoint uses the old key names (imagebert.*, mlm_head.*); they are renamed on "
+            "load. Re-save it with save_pretrained: the old layout is read for one more release only",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        result = super().from_pretrained(
+            pretrained_model_name_or_path, *args, key_mapping=dict(LEGACY_KEY_MAPPING), **kwargs
+        )
+        model = result[0] if isinstance(result, tuple) else result
+        # Do not write the old names back: save_pretrained reverts the load-time renaming unless told
+        # otherwise.
+        model._weight_conversions = None
+        return result
 
     @classmethod
     def init_from_bert(cls, path: str | Path | None = None, **config_overrides: Any):
         """A new model whose embeddings, encoder and pooler (and MLM transform, when the checkpoint has one) come
-        from a Hugging Face BERT folder; every other layer is initialised as BERT initialises its own."""
+        from a Hugging Face BERT folder through `from_pretrained`; every other layer is initialised as BERT
+        initialises its own. `config_overrides` set ImageBERT's fields (or replace BERT's)."""
         from imagebert.modeling.inputs import default_bert_path
 
         folder = Path(path) if path is not None else default_bert_path()
+        if not (folder / "model.safetensors").is_file() and not (folder / "pytorch_model.bin").is_file():
+            raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
         config = ImageBertConfig.from_bert_checkpoint(folder, **config_overrides)
-        model = cls(config)
-        state = _read_bert_state_dict(folder)
-        prefix = "" if isinstance(model, ImageBertModel) else "imagebert."
-        mapped: dict[str, torch.Tensor] = {}
-        for key, value in state.items():
-            key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
-                "LayerNorm.beta", "LayerNorm.bias"
-            )
-            core = key[len("bert.") :] if key.startswith("bert.") else key
-            if core.startswith(("embeddings.", "encoder.", "pooler.")):
-                if (
-                    core.endswith(("position_ids", "token_type_ids"))
-                    and "embeddings" in core
-                    and value.dim() == 2
-                ):
-                    continue  # buffers, rebuilt by the model
-                mapped[prefix + core] = value
-            elif key.startswith("cls.predictions.") and hasattr(model, "mlm_head"):
-                rest = key[len("cls.predictions.") :]
-                if rest.startswith("transform."):
-                    mapped["mlm_head." + rest[len("transform.") :]] = value
-                elif rest == "bias":
-                    mapped["mlm_head.bias"] = value
-        own = model.state_dict()
-        for key, value in mapped.items():
-            if key not in own:
-                raise ValueError(f"{folder}: checkpoint tensor '{key}' has no place in {cls.__name__}")
-            if own[key].shape != value.shape:
-                raise ValueError(
-                    f"{folder}: shape mismatch for '{key}': checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
-                )
-        required = [
-            k for k in own if k.startswith(prefix + "embeddings.") or k.startswith(prefix + "encoder.")
-        ]
-        missing = [k for k in required if k not in mapped]
-        if missing:
-            raise ValueError(f"{folder}: not a complete BERT checkpoint; missing {missing[:5]}")
-        model.load_state_dict(mapped, strict=False)
+        from transformers.utils import logging as hf_logging
+
+        level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()  # the new region layers are expected; we report them ourselves
+        hf_logging.disable_progress_bar()
+        try:
+            model, info = super().from_pretrained(str(folder), config=config, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(level)
+            if bars:
+                hf_logging.enable_progress_bar()
+        missing = sorted(info.get("missing_keys", []))
+        text_side = [k for k in missing if k.removeprefix("bert.").startswith(("embeddings.", "encoder."))]
+        if text_side:
+            raise ValueError(f"{folder}: not a complete BERT checkpoint; missing {text_side[:5]}")
+        new = sorted({k.removeprefix("bert.").split(".")[0] for k in missing})
+        log.info("init_from_bert(%s): newly initialised: %s", folder, ", ".join(new))
+        model.newly_initialized_modules = new
         return model
-
-
-def _read_bert_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """Weights from safetensors, or from a .bin with `weights_only=True` (never unpickling arbitrary objects)."""
-    st = folder / "model.safetensors"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
-    binary = folder / "pytorch_model.bin"
-    if binary.is_file():
-        return torch.load(binary, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
 class ImageBertModel(ImageBertPreTrainedModel):
     """The single-stream encoder. Either modality may be omitted for a text-only or image-only pass."""
+
+    # Loading a pre-training / retrieval checkpoint into the bare encoder (AutoModel) drops the heads quietly.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^cls\.", r"^region_heads\.", r"^itm_", r"^itc_", r"^mlm_head\.", r"position_ids$",
+    ]  # fmt: skip
 
     def __init__(self, config: ImageBertConfig) -> None:
         super().__init__(config)
@@ -185,6 +238,7 @@ class ImageBertModel(ImageBertPreTrainedModel):
         # Per-dimension statistics of the training features (identity until `set_region_feature_stats`).
         self.register_buffer("region_feature_mean", torch.zeros(config.visual_feature_dim))
         self.register_buffer("region_feature_std", torch.ones(config.visual_feature_dim))
+        self._validate_inputs = bool(config.legacy_training_switches.get("validate_inputs", True))
         self.post_init()
 
     @property
@@ -263,7 +317,7 @@ class ImageBertModel(ImageBertPreTrainedModel):
                 f"region_locations must be (batch, regions, {cfg.location_dim}) to match region_features; "
                 f"got {None if region_locations is None else tuple(region_locations.shape)}"
             )
-        if cfg.validate_inputs:
+        if self._validate_inputs:
             if not bool(torch.isfinite(region_features).all()):
                 bad = (~torch.isfinite(region_features)).any(-1).nonzero()[0].tolist()
                 raise ValueError(
@@ -279,9 +333,24 @@ class ImageBertModel(ImageBertPreTrainedModel):
         region_features: torch.Tensor | None = None,
         region_locations: torch.Tensor | None = None,
         region_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> ImageBertModelOutput:
+        """`hidden_states` (embeddings output + one per layer) and `attentions` (one per layer,
+        `attn_implementation="eager"` only: SDPA never materialises the weights) are returned on request, in
+        the joint sequence layout."""
         self._check_inputs(input_ids, region_features, region_locations)
         cfg = self.config
+        if output_hidden_states is None:
+            output_hidden_states = bool(getattr(cfg, "output_hidden_states", False))
+        if output_attentions is None:
+            output_attentions = bool(getattr(cfg, "output_attentions", False))
+        if output_attentions and cfg._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions needs eager attention (this model runs {cfg._attn_implementation!r}, "
+                "which does not compute the weights); load it with from_pretrained(..., "
+                "attn_implementation='eager') or call model.set_attn_implementation('eager')"
+            )
         word = self.embeddings.word_embeddings
         ref = input_ids if input_ids is not None else region_features
         batch, device = ref.shape[0], ref.device
@@ -347,7 +416,8 @@ class ImageBertModel(ImageBertPreTrainedModel):
             inputs_embeds=inputs_embeds, position_ids=position_ids, token_type_ids=token_type_ids
         )
         mask4d = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=full_mask)
-        hidden = self.encoder(hidden, attention_mask=mask4d).last_hidden_state
+        all_hidden, all_attn = self._run_encoder(hidden, mask4d, output_hidden_states, output_attentions)
+        hidden = all_hidden[-1]
 
         region_hidden = text_hidden = None
         if region_features is not None:
@@ -363,7 +433,32 @@ class ImageBertModel(ImageBertPreTrainedModel):
             pooler_output=self.pooler(hidden),
             text_hidden_states=text_hidden,
             region_hidden_states=region_hidden,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
         )
+
+    def _run_encoder(
+        self, hidden: torch.Tensor, mask4d: torch.Tensor | None, keep_hidden: bool, keep_attn: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """BertEncoder's layer loop, keeping every layer's output and (through a hook on the self-attention,
+        whose weights BertLayer drops) the attention weights when asked."""
+        states = [hidden]
+        weights: list[torch.Tensor] = []
+        hooks = []
+        if keep_attn:
+            for layer in self.encoder.layer:
+                hooks.append(
+                    layer.attention.self.register_forward_hook(lambda m, a, out: weights.append(out[1]))
+                )
+        try:
+            for layer in self.encoder.layer:
+                hidden = layer(hidden, mask4d)
+                if keep_hidden:
+                    states.append(hidden)
+        finally:
+            for h in hooks:
+                h.remove()
+        return (states if keep_hidden else [hidden]), weights
 
 
 def itc_projections_trained(config: ImageBertConfig) -> bool:
@@ -375,15 +470,15 @@ def itc_projections_trained(config: ImageBertConfig) -> bool:
 UNTRAINED_ITC_MESSAGE = (
     "the checkpoint's contrastive (ITC) projections were never trained (config itc_trained_steps = 0), so a "
     "first stage ranked with them would be close to random. Pre-train with the fifth task on "
-    "(`--set model.task_itc=true`, as configs/pretrain/demo_cpu.yaml does) or fine-tune with `--set loss.itc=1.0`, "
-    "or use `--mode exhaustive`"
+    "(`--set tasks.itc=true`, formerly model.task_itc=true, as configs/pretrain/demo_cpu.yaml does) or "
+    "fine-tune with `--set loss.itc=1.0`, or use `--mode exhaustive`"
 )
 
 
 class _ContrastiveMixin:
     """Single-modality embeddings from the same encoder, for the image-text contrastive task and fast retrieval."""
 
-    imagebert: ImageBertModel
+    bert: ImageBertModel
     itc_text_proj: nn.Linear
     itc_image_proj: nn.Linear
     itc_logit_scale: nn.Parameter
@@ -397,7 +492,7 @@ class _ContrastiveMixin:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(B, itc_dim) L2-normalised embedding of a text-only pass (`[CLS] words [SEP]`)."""
-        cls = self.imagebert(input_ids=input_ids, attention_mask=attention_mask).cls_hidden_state
+        cls = self.bert(input_ids=input_ids, attention_mask=attention_mask).cls_hidden_state
         return F.normalize(self.itc_text_proj(cls).float(), dim=-1)
 
     def encode_image(
@@ -407,10 +502,16 @@ class _ContrastiveMixin:
         region_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, itc_dim) L2-normalised embedding of an image-only pass (`[CLS] regions [SEP]`)."""
-        out = self.imagebert(
+        out = self.bert(
             region_features=region_features, region_locations=region_locations, region_mask=region_mask
         )
         return F.normalize(self.itc_image_proj(out.cls_hidden_state).float(), dim=-1)
+
+    @property
+    def imagebert(self) -> ImageBertModel:
+        """Deprecated name of `bert` (the encoder moved there to match BERT's layout); kept for one
+        release."""
+        return self.bert
 
 
 def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -449,18 +550,34 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
     """ImageBERT with the MLM, MOC, MRFR and ITM heads (and the optional contrastive projections).
 
     MLM, MOC and MRFR are computed only at masked positions of matched pairs (`itm_labels == 1`), the paper's
-    "conditional mask"; ITM on every pair.
+    "conditional mask"; ITM on every pair. Which tasks run and their weights are `self.tasks` (a
+    `PretrainingTasks`, set by the pre-training driver; not part of the saved config).
     """
+
+    # The MLM decoder is the word-embedding matrix, and its bias is the head's `bias` (as in
+    # BertForPreTraining).
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
 
     def __init__(self, config: ImageBertConfig) -> None:
         super().__init__(config)
-        self.imagebert = ImageBertModel(config)
-        self.mlm_head = MaskedLanguageModelHead(config, self.imagebert.embeddings.word_embeddings)
+        self.bert = ImageBertModel(config)
+        self.cls = BertOnlyMLMHead(config)
         self.region_heads = RegionHeads(config)
         self.itm_readout = _ItmReadout(config)
-        self.itm_head = nn.Linear(config.hidden_size, 1)
+        self.itm_head = ScoreHead(config.hidden_size, 1)
         self._init_contrastive(config)
+        self.tasks = PretrainingTasks().with_legacy(config.legacy_training_switches)
         self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
 
     def forward(
         self,
@@ -476,9 +593,14 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
         itm_labels: torch.Tensor | None = None,
         itc_input_ids: torch.Tensor | None = None,
         itc_attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> ImageBertForPreTrainingOutput:
-        cfg = self.config
-        out = self.imagebert(input_ids, attention_mask, region_features, region_locations, region_mask)
+        cfg, tasks = self.config, self.tasks
+        out = self.bert(
+            input_ids, attention_mask, region_features, region_locations, region_mask,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )  # fmt: skip
         batch = out.last_hidden_state.shape[0]
         device = out.last_hidden_state.device
         matched = (
@@ -488,9 +610,9 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
         )
         losses: dict[str, torch.Tensor] = {}
 
-        if cfg.task_mlm and mlm_labels is not None and out.text_hidden_states is not None:
+        if tasks.mlm and mlm_labels is not None and out.text_hidden_states is not None:
             where = (mlm_labels != -100) & matched[:, None]
-            logits = self.mlm_head(out.text_hidden_states[where]).float()
+            logits = self.cls(out.text_hidden_states[where]).float()
             losses["mlm"] = F.cross_entropy(logits, mlm_labels[where], reduction="sum") / where.sum().clamp(
                 min=1
             )
@@ -499,26 +621,26 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
             masked = region_masked.bool() & matched[:, None]
             if region_mask is not None:
                 masked = masked & region_mask.bool()
-            if cfg.task_moc and moc_labels is not None:
+            if tasks.moc and moc_labels is not None:
                 where = masked & (moc_labels >= 0)
                 logits = self.region_heads.moc(out.region_hidden_states[where]).float()
                 losses["moc"] = F.cross_entropy(
                     logits, moc_labels[where], reduction="sum"
                 ) / where.sum().clamp(min=1)
-            if cfg.task_mrfr and mrfr_targets is not None:
+            if tasks.mrfr and mrfr_targets is not None:
                 pred = self.region_heads.mrfr(out.region_hidden_states[masked]).float()
                 # regress the features as the encoder sees them (standardised), so the loss has one scale for
                 # any feature type instead of growing with the detector's feature norms
-                target = self.imagebert.normalize_region_features(mrfr_targets[masked])
+                target = self.bert.normalize_region_features(mrfr_targets[masked])
                 sq = (pred - target).pow(2)
                 per_region = sq.mean(-1) if cfg.mrfr_reduction == "mean" else sq.sum(-1)
                 losses["mrfr"] = per_region.sum() / masked.sum().clamp(min=1)
 
         itm_logits = self.itm_head(self.itm_readout(out, attention_mask, region_mask)).squeeze(-1).float()
-        if cfg.task_itm and itm_labels is not None:
+        if tasks.itm and itm_labels is not None:
             losses["itm"] = F.binary_cross_entropy_with_logits(itm_logits, itm_labels.float())
 
-        if cfg.task_itc and region_features is not None and input_ids is not None:
+        if tasks.itc and region_features is not None and input_ids is not None:
             ids = itc_input_ids if itc_input_ids is not None else input_ids
             ids_mask = itc_attention_mask if itc_input_ids is not None else attention_mask
             feats = mrfr_targets if mrfr_targets is not None else region_features
@@ -529,15 +651,9 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
                 region_locations[rows],
                 None if region_mask is None else region_mask[rows],
             )
-            losses["itc"] = contrastive_loss(text, image, self.itc_logit_scale)
+            losses["itc"] = contrastive_loss_from_log_scale(text, image, self.itc_logit_scale)
 
-        weights = {
-            "mlm": cfg.loss_weight_mlm,
-            "moc": cfg.loss_weight_moc,
-            "mrfr": cfg.loss_weight_mrfr,
-            "itm": cfg.loss_weight_itm,
-            "itc": cfg.loss_weight_itc,
-        }
+        weights = {name: tasks.weight(name) for name in TASK_NAMES}
         total = sum(weights[k] * v for k, v in losses.items()) if losses else None
         return ImageBertForPreTrainingOutput(
             loss=total,
@@ -547,6 +663,8 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
             itm_loss=losses.get("itm"),
             itc_loss=losses.get("itc"),
             itm_logits=itm_logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )
 
 
@@ -554,13 +672,15 @@ class ImageBertForRetrieval(_ContrastiveMixin, ImageBertPreTrainedModel):
     """A pair scorer: the ITM head on `[CLS]` (loaded from a pre-training checkpoint gives zero-shot retrieval),
     plus the contrastive projections for the fast first stage."""
 
-    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^region_heads\."]
+    _keys_to_ignore_on_load_unexpected = [
+        r"^cls\.", r"^region_heads\.", r"^mlm_head\.", r"position_ids$",
+    ]  # fmt: skip
 
     def __init__(self, config: ImageBertConfig) -> None:
         super().__init__(config)
-        self.imagebert = ImageBertModel(config)
+        self.bert = ImageBertModel(config)
         self.itm_readout = _ItmReadout(config)
-        self.itm_head = nn.Linear(config.hidden_size, 1)
+        self.itm_head = ScoreHead(config.hidden_size, 1)
         self._init_contrastive(config)
         self.post_init()
 
@@ -572,8 +692,15 @@ class ImageBertForRetrieval(_ContrastiveMixin, ImageBertPreTrainedModel):
         region_locations: torch.Tensor | None = None,
         region_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> ImageBertRetrievalOutput:
-        out = self.imagebert(input_ids, attention_mask, region_features, region_locations, region_mask)
+        out = self.bert(
+            input_ids, attention_mask, region_features, region_locations, region_mask,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )  # fmt: skip
         scores = self.itm_head(self.itm_readout(out, attention_mask, region_mask)).squeeze(-1).float()
         loss = F.binary_cross_entropy_with_logits(scores, labels.float()) if labels is not None else None
-        return ImageBertRetrievalOutput(scores=scores, loss=loss)
+        return ImageBertRetrievalOutput(
+            scores=scores, loss=loss, hidden_states=out.hidden_states, attentions=out.attentions
+        )

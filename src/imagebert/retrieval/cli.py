@@ -6,6 +6,17 @@ import argparse
 import json
 import logging
 import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from imagebert.config_utils import (
+    ConfigError,
+    add_config_arguments,
+    add_config_file_arguments,
+    defer_config_arguments,
+    meta,
+)
+from imagebert.runtime.threads import threads_field
 
 # Changing these between a checkpoint and its resumption changes the data order or the negatives.
 FINETUNE_RESUME_REFUSED = (
@@ -14,69 +25,109 @@ FINETUNE_RESUME_REFUSED = (
 )  # fmt: skip
 
 
+FINETUNE_PATH_KEYS = ("dataset", "init_checkpoint", "init_from_bert")
+
+
+@dataclass
+class EvaluateSettings:
+    """`imagebert evaluate`: what to score, how, and where the resumable results go."""
+
+    checkpoint: str = field(
+        metadata=meta("pre-training (zero-shot) or fine-tuning checkpoint folder", path=True)
+    )
+    dataset: str = field(metadata=meta("dataset YAML (a file or a shipped name)", config="datasets"))
+    split: str = "test"
+    protocol: Literal["flickr1k", "coco5k", "coco1k", "all"] = "all"
+    mode: Literal["exhaustive", "fast", "both"] = field(default="exhaustive", metadata=meta(
+        "fast: first-stage ranking, cross-encoder on the top k only; both: report them side by side"))  # fmt: skip
+    k: list[int] = field(
+        default_factory=lambda: [128], metadata=meta("fast mode re-ranking depth(s) per query")
+    )
+    out: str | None = field(default=None, metadata=meta(
+        "folder for results.json, results.md and the resumable score cache"))  # fmt: skip
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    batch_size: int = field(default=128, metadata=meta("pairs per cross-encoder forward"))
+    device: str = field(
+        default="auto", metadata=meta("auto (cuda:LOCAL_RANK if present, else cpu), cpu, cuda")
+    )
+    fold_size: int = field(default=1000, metadata=meta("images per COCO 1k fold (5 folds)"))
+    block: list[int] = field(default_factory=lambda: [250, 50], metadata=meta(
+        "score-matrix block shape CAPTIONS IMAGES: the unit of sharding and resumption (12,500 pairs: a resumed "
+        "run redoes little)"))  # fmt: skip
+    setting: Literal["zero-shot", "fine-tuned"] | None = field(default=None, metadata=meta(
+        "which paper rows to compare with (default: from the checkpoint)"))  # fmt: skip
+    threads: str = threads_field()
+
+    def validate(self) -> None:
+        from imagebert.runtime.threads import parse_threads
+
+        if any(k < 1 for k in self.k):
+            raise ConfigError("--k values must be >= 1")
+        if len(self.block) != 2:
+            raise ConfigError(f"--block takes two numbers (CAPTIONS IMAGES), got {self.block}")
+        for flag, value in (("--block CAPTIONS", self.block[0]), ("--block IMAGES", self.block[1]),
+                            ("--batch-size", self.batch_size), ("--fold-size", self.fold_size)):  # fmt: skip
+            if value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        parse_threads(self.threads)
+
+
+def _finetune_config() -> type:
+    from imagebert.tasks.retrieval import FinetuneConfig
+
+    return FinetuneConfig
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "finetune",
         help="fine-tune for image-text retrieval (BCE/CE/triplet, hard negatives, best checkpoint by validation)",
+        description="Fine-tune from a YAML config (a file, or a shipped name such as finetune/demo_cpu); every "
+        "setting has a flag, `--set` reaches the rest.",
     )
-    p.add_argument("config", help="fine-tuning YAML (see configs/finetune/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set training.epochs=2 (repeatable)")  # fmt: skip
-    p.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
+    add_config_file_arguments(p, "finetune", positional=True)
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", default=None, help="a checkpoint folder of this run to continue from")
     again.add_argument(
         "--overwrite", action="store_true", help="delete an existing run folder at --out first"
     )
+    defer_config_arguments(
+        p, _finetune_config, aliases={"out_dir": ["--out"], "training.num_threads": ["--threads"]}
+    )
     p.set_defaults(func=_finetune)
 
     e = subparsers.add_parser("evaluate", help="retrieval R@1/5/10 both ways (Flickr30k 1k, COCO 5k / 1k)")
-    e.add_argument(
-        "--checkpoint", required=True, help="pre-training (zero-shot) or fine-tuning checkpoint folder"
-    )
-    e.add_argument("--dataset", required=True, help="dataset YAML")
-    e.add_argument("--split", default="test")
-    e.add_argument("--protocol", default="all", choices=["flickr1k", "coco5k", "coco1k", "all"])
-    e.add_argument("--mode", default="exhaustive", choices=["exhaustive", "fast", "both"],
-                   help="fast: first-stage ranking, cross-encoder on the top k only; both: report them side by side")  # fmt: skip
-    e.add_argument("--k", type=int, nargs="+", default=[128], help="fast mode re-ranking depth(s) per query")
-    e.add_argument(
-        "--out", default=None, help="folder for results.json, results.md and the resumable score cache"
-    )
+    add_config_file_arguments(e)
     again = e.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
     again.add_argument("--overwrite", action="store_true", help="delete an existing --out folder first")
-    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    e.add_argument("--batch-size", type=int, default=128, help="pairs per cross-encoder forward")
-    e.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if present, else cpu), cpu, cuda")
-    e.add_argument("--fold-size", type=int, default=1000, help="images per COCO 1k fold (5 folds)")
-    e.add_argument("--block", type=int, nargs=2, default=[1000, 100], metavar=("CAPTIONS", "IMAGES"),
-                   help="score-matrix block shape: the unit of sharding and resumption")  # fmt: skip
-    e.add_argument("--setting", default=None, choices=["zero-shot", "fine-tuned"],
-                   help="which paper rows to compare with (default: from the checkpoint)")  # fmt: skip
+    add_config_arguments(e, EvaluateSettings)
     e.set_defaults(func=_evaluate)
 
 
 def _finetune(args: argparse.Namespace) -> int:
     from imagebert.cli import CliError
-    from imagebert.config_utils import ConfigError, to_dict
-    from imagebert.errors import InputError
-    from imagebert.tasks.retrieval import load_finetune_config, run_finetuning
+    from imagebert.config_utils import config_argument, resolve_config_path, to_dict
+    from imagebert.runtime.threads import apply_threads
+    from imagebert.tasks.retrieval import FinetuneConfig, load_finetune_config, run_finetuning
     from imagebert.training import checkpoint as ckpt
-    from imagebert.training.cli import check_trainer_settings, prepare_run
+    from imagebert.training.cli import check_trainer_settings, command_overrides, prepare_run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     lock = None
     try:
-        cfg = load_finetune_config(args.config, args.overrides)
+        path = config_argument(args)
+        path = resolve_config_path(path, "finetune") if path else None
+        cfg = load_finetune_config(path, command_overrides(args, FinetuneConfig, FINETUNE_PATH_KEYS))
         check_trainer_settings(cfg.training)
+        apply_threads(cfg.training.num_threads)  # before any data is read (the trainer keeps it)
         if cfg.init_checkpoint:
             ckpt.verify_checkpoint(cfg.init_checkpoint, trainer_files=False)
-        out = args.out or cfg.out_dir
+        out = cfg.out_dir
         lock, found = prepare_run(out, resume=args.resume, overwrite=args.overwrite, config_dict=to_dict(cfg),
                                   refused=FINETUNE_RESUME_REFUSED)  # fmt: skip
         best = run_finetuning(cfg, out, resume=found)  # a run folder resolves to its newest checkpoint
-    except (ConfigError, InputError, FileNotFoundError) as exc:
+    except FileNotFoundError as exc:
         raise CliError(str(exc)) from exc
     finally:
         if lock is not None:
@@ -88,47 +139,35 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from imagebert.cli import CliError
-    from imagebert.config_utils import ConfigError
-    from imagebert.errors import InputError
+    from imagebert.config_utils import load_command_config
     from imagebert.retrieval.evaluate import EvalOptions, evaluate_checkpoint, report_markdown
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from imagebert.rundir import open_run_dir
     from imagebert.runlock import is_main_process
+    from imagebert.runtime.threads import apply_threads
 
-    if any(k < 1 for k in args.k):
-        raise CliError("--k values must be >= 1")
-    for flag, value in (("--block CAPTIONS", args.block[0]), ("--block IMAGES", args.block[1]),
-                        ("--batch-size", args.batch_size), ("--fold-size", args.fold_size)):  # fmt: skip
-        if value < 1:
-            raise CliError(f"{flag} must be >= 1, got {value}")
-    opts = EvalOptions(
-        mode=args.mode,
-        ks_fast=list(args.k),
-        fold_size=args.fold_size,
-        device=args.device,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        block_captions=args.block[0],
-        block_images=args.block[1],
-    )
-    if (args.resume or args.overwrite) and args.out is None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    s = load_command_config(EvaluateSettings, args)
+    if (args.resume or args.overwrite) and s.out is None:
         raise CliError("--resume and --overwrite need --out")
+    dataset = s.dataset  # a shipped name is already its file (config_utils: `config="datasets"` fields)
+    opts = EvalOptions(mode=s.mode, ks_fast=list(s.k), fold_size=s.fold_size, device=s.device, precision=s.precision,
+                       batch_size=s.batch_size, block_captions=s.block[0], block_images=s.block[1])  # fmt: skip
+    apply_threads(s.threads)
     lock = None
     try:
-        if args.out is not None and is_main_process():
-            lock = open_run_dir(
-                args.out, resume=args.resume, overwrite=args.overwrite, what="evaluation folder"
-            )
-        report = evaluate_checkpoint(args.checkpoint, args.dataset, split=args.split, protocol=args.protocol,
-                                     out_dir=args.out, options=opts, setting=args.setting)  # fmt: skip
-    except (ConfigError, InputError, FileNotFoundError, ValueError) as exc:
+        if s.out is not None and is_main_process():
+            lock = open_run_dir(s.out, resume=args.resume, overwrite=args.overwrite, what="evaluation folder")
+        report = evaluate_checkpoint(s.checkpoint, dataset, split=s.split, protocol=s.protocol,
+                                     out_dir=s.out, options=opts, setting=s.setting)  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
         raise CliError(str(exc)) from exc
     finally:
         if lock is not None:
             lock.release()
     if report.get("rank", 0) == 0:
         print(report_markdown(report))
-        if args.out is None:
+        if s.out is None:
             print(json.dumps(report["results"], indent=1))
     return 0

@@ -33,6 +33,8 @@ from typing import Protocol
 
 import numpy as np
 
+from imagebert.runtime.atomic import atomic_save_npy, atomic_write_text
+
 log = logging.getLogger(__name__)
 BLOCKS_GLOB = "blocks.rank*.npy"
 
@@ -91,27 +93,19 @@ class BlockPlan:
 
 
 def _dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
+    from imagebert.runtime.distributed import current_rank_world
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return current_rank_world()
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
+    from imagebert.runtime.distributed import barrier
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_save_npy(path, array)
 
 
 def block_checksum(block: np.ndarray) -> int:
@@ -193,9 +187,7 @@ class ScoreCache:
         del mm
         for old_mask in [*self.dir.glob("done.rank*.npy"), *self.dir.glob(BLOCKS_GLOB)]:
             old_mask.unlink()
-        tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.fingerprint, indent=1))
-        os.replace(tmp, self.manifest_path)
+        atomic_write_text(self.manifest_path, json.dumps(self.fingerprint, indent=1))
 
     def open(self) -> np.memmap:
         problem = self.scores_file_problem()
@@ -265,6 +257,13 @@ def _score_block(
     return block, int(rr.size)
 
 
+def _block_pairs(plan: BlockPlan, b: int, need: np.ndarray | None) -> int:
+    rows, cols = plan.block(b)
+    if need is None:
+        return (rows.stop - rows.start) * (cols.stop - cols.start)
+    return int(need[rows, cols].sum())
+
+
 def score_matrix(
     scorer: PairScorer,
     num_captions: int,
@@ -277,6 +276,7 @@ def score_matrix(
     block_images: int = 100,
     max_blocks: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_pending: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, EngineStats]:
     """Score every pair (or the pairs in boolean ``need`` [C, I]); NaN where a pair is not needed.
 
@@ -306,6 +306,8 @@ def score_matrix(
     pending = [b for b in range(plan.num_blocks) if not done[b]]
     stats.blocks_cached = plan.num_blocks - len(pending)
     mine = pending[rank::world]
+    if on_pending is not None:  # the pairs this rank will score (for a progress bar's total and ETA)
+        on_pending(sum(_block_pairs(plan, b, need) for b in mine[:max_blocks]))
     for n, b in enumerate(mine):
         if max_blocks is not None and n >= max_blocks:
             break
@@ -324,20 +326,20 @@ def score_matrix(
     stats.pairs_scored_all_ranks = stats.pairs_scored
     if world > 1:
         import torch
-        import torch.distributed as dist
 
-        counts = torch.tensor([stats.pairs_scored], dtype=torch.int64)
-        dist.all_reduce(counts)
+        from imagebert.runtime.distributed import all_reduce_sum
+
+        counts = all_reduce_sum(None, torch.tensor([stats.pairs_scored], dtype=torch.int64))
         stats.pairs_scored_all_ranks = int(counts.item())
     if cache_dir is not None:
         del matrix
         matrix = np.asarray(np.load(cache.scores_path, mmap_mode="r"))
     elif world > 1:
         import torch
-        import torch.distributed as dist
 
-        t = torch.from_numpy(np.nan_to_num(matrix, nan=0.0))
-        dist.all_reduce(t)
+        from imagebert.runtime.distributed import all_reduce_sum
+
+        t = all_reduce_sum(None, torch.from_numpy(np.nan_to_num(matrix, nan=0.0)))
         matrix = t.numpy()
         if need is not None:
             matrix[~need] = np.nan

@@ -25,6 +25,7 @@ from imagebert.retrieval.metrics import DEFAULT_KS, RecallResult, fold_indices, 
 from imagebert.retrieval.paper import markdown_table
 from imagebert.retrieval.rerank import candidate_mask, rerank_recall
 from imagebert.retrieval.scorers import Gallery, ModelPairScorer, embed_gallery, first_stage_scores
+from imagebert.runtime.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,14 @@ class EvalOptions:
     device: str = "cpu"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 128
-    block_captions: int = 1000
-    block_images: int = 100
+    # 250 x 50 = 12,500 pairs: minutes per block on a CPU, seconds on a GPU, so resuming loses little
+    block_captions: int = 250
+    block_images: int = 50
+    weights: str = (
+        "fp32"  # fp32 | bf16: bf16-resident encoder weights when precision is bf16 (score head fp32)
+    )
+    compile: str = "off"  # off | on | auto (auto: on for CUDA runs of at least COMPILE_AUTO_MIN_PAIRS pairs)
+    progress: bool = True  # a bar on a terminal, a line every 30 s otherwise, and a summary line
     cache_dir: str | None = None  # resumable score matrices live here
     fingerprint: dict = field(default_factory=dict)  # what identifies the model (checkpoint, weights mtime)
     # fast mode on a model whose contrastive projections were never trained is refused unless this is set
@@ -84,19 +91,51 @@ def _cache(opts: EvalOptions, name: str) -> str | None:
     return None if opts.cache_dir is None else str(Path(opts.cache_dir) / name)
 
 
+COMPILE_AUTO_MIN_PAIRS = 1_000_000  # below this, compiling (minutes) does not pay back on a GPU either
+
+
+def _scorer(
+    model: Any, collator: Any, g: Gallery, opts: EvalOptions, pairs: int, bar: Any
+) -> ModelPairScorer:
+    compile_setting = opts.compile
+    if compile_setting == "auto" and pairs < COMPILE_AUTO_MIN_PAIRS:
+        compile_setting = "off"
+    return ModelPairScorer(model, collator, g, device=opts.device, precision=opts.precision,
+                           batch_size=opts.batch_size, weights=opts.weights, compile=compile_setting,
+                           on_batch=bar.update)  # fmt: skip
+
+
+def _numerics(opts: EvalOptions) -> dict:
+    """Settings that change the scores, for the cache fingerprint (absent at their defaults, so caches written
+    before these settings existed stay valid)."""
+    out = {}
+    if opts.weights != "fp32":
+        out["resident_weights"] = opts.weights
+    if opts.compile != "off":
+        out["compile"] = opts.compile
+    return out
+
+
+def _progress(opts: EvalOptions, desc: str, unit: str = "pairs") -> Any:
+    from imagebert.runtime.progress import Progress
+
+    return Progress(desc, unit=unit, enabled=None if opts.progress else False)
+
+
 def _exhaustive(
     model: Any, collator: Any, g: Gallery, opts: EvalOptions, unit: str
 ) -> tuple[np.ndarray, dict]:
-    scorer = ModelPairScorer(
-        model, collator, g, device=opts.device, precision=opts.precision, batch_size=opts.batch_size
-    )
-    fp = {**opts.fingerprint, "gallery": _gallery_hash(g), "mode": "exhaustive", "precision": opts.precision,
+    bar = _progress(opts, f"evaluate {unit} exhaustive")
+    scorer = _scorer(model, collator, g, opts, g.num_captions * g.num_images, bar)
+    fp = {**opts.fingerprint, **_numerics(opts), "gallery": _gallery_hash(g), "mode": "exhaustive",
+          "precision": opts.precision,
           "batch_size": opts.batch_size}  # fmt: skip
     t0 = time.perf_counter()
-    matrix, stats = score_matrix(
-        scorer, g.num_captions, g.num_images, cache_dir=_cache(opts, f"{unit}-exhaustive"), fingerprint=fp,
-        block_captions=opts.block_captions, block_images=opts.block_images,
-    )  # fmt: skip
+    with bar:
+        matrix, stats = score_matrix(
+            scorer, g.num_captions, g.num_images, cache_dir=_cache(opts, f"{unit}-exhaustive"), fingerprint=fp,
+            block_captions=opts.block_captions, block_images=opts.block_images, on_pending=bar.set_total,
+        )  # fmt: skip
     info = {
         "mode": "exhaustive",
         "cross_encoder_pairs": g.num_captions * g.num_images,
@@ -118,23 +157,26 @@ def _fast(
 ) -> tuple[RecallResult, dict, np.ndarray]:
     t0 = time.perf_counter()
     if first is None:
-        t_emb, i_emb = embed_gallery(model, collator, g, device=opts.device, precision=opts.precision,
-                                     batch_size=max(opts.batch_size, 64),
-                                     allow_untrained=opts.allow_untrained_itc)  # fmt: skip
+        with _progress(opts, f"evaluate {unit} first stage", unit="items") as emb_bar:
+            emb_bar.set_total(g.num_captions + g.num_images)
+            t_emb, i_emb = embed_gallery(model, collator, g, device=opts.device, precision=opts.precision,
+                                         batch_size=max(opts.batch_size, 64), progress=emb_bar,
+                                         allow_untrained=opts.allow_untrained_itc)  # fmt: skip
         first = first_stage_scores(t_emb, i_emb)
     t_first = time.perf_counter() - t0
     k_ir, k_tr = min(k, g.num_images), min(k, g.num_captions)
     need, ir_cand, tr_cand = candidate_mask(first, k_ir, k_tr)
-    scorer = ModelPairScorer(
-        model, collator, g, device=opts.device, precision=opts.precision, batch_size=opts.batch_size
-    )
-    fp = {**opts.fingerprint, "gallery": _gallery_hash(g), "mode": "fast", "k": [k_ir, k_tr],
+    bar = _progress(opts, f"evaluate {unit} fast k={k}")
+    scorer = _scorer(model, collator, g, opts, int(need.sum()), bar)
+    fp = {**opts.fingerprint, **_numerics(opts), "gallery": _gallery_hash(g), "mode": "fast", "k": [k_ir, k_tr],
           "need": hashlib.sha1(np.packbits(need).tobytes()).hexdigest()[:16], "precision": opts.precision,
           "batch_size": opts.batch_size}  # fmt: skip
-    second, stats = score_matrix(
-        scorer, g.num_captions, g.num_images, need=need, cache_dir=_cache(opts, f"{unit}-fast-k{k}"),
-        fingerprint=fp, block_captions=opts.block_captions, block_images=opts.block_images,
-    )  # fmt: skip
+    with bar:
+        second, stats = score_matrix(
+            scorer, g.num_captions, g.num_images, need=need, cache_dir=_cache(opts, f"{unit}-fast-k{k}"),
+            fingerprint=fp, block_captions=opts.block_captions, block_images=opts.block_images,
+            on_pending=bar.set_total,
+        )  # fmt: skip
     result = rerank_recall(first, second, g.caption_image, ir_cand, tr_cand, opts.recall_ks)
     info = {
         "mode": "fast",
@@ -222,10 +264,10 @@ def gallery_from_dataset(ds: Any) -> Gallery:
 
 
 def load_retrieval_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """(ImageBertForRetrieval, PairCollator) from a pre-training or fine-tuning checkpoint folder."""
-    from imagebert.data.collate import PairCollator
-    from imagebert.modeling import ImageBertForRetrieval, load_tokenizer
-    from imagebert.training.checkpoint import verify_checkpoint
+    """(ImageBertForRetrieval, ImageBertProcessor) from a pre-training or fine-tuning checkpoint folder (the
+    processor saved with it; one built from its config and tokenizer files for older checkpoints)."""
+    from imagebert.modeling import ImageBertForRetrieval
+    from imagebert.training.checkpoint import load_processor, verify_checkpoint
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
@@ -235,12 +277,7 @@ def load_retrieval_model(checkpoint: str | Path, device: str | torch.device = "c
     )  # a truncated model.safetensors: one line, not a traceback
     model = ImageBertForRetrieval.from_pretrained(str(checkpoint)).to(device)
     model.eval()
-    has_vocab = (checkpoint / "vocab.txt").is_file() or (checkpoint / "tokenizer.json").is_file()
-    tokenizer = load_tokenizer(checkpoint if has_vocab else None)
-    cfg = model.config
-    collator = PairCollator(tokenizer, max_text_tokens=cfg.max_text_tokens, max_regions=cfg.max_regions,
-                            feature_dim=cfg.visual_feature_dim, truncate_regions=True)  # fmt: skip
-    return model, collator
+    return model, load_processor(checkpoint, model.config)
 
 
 def checkpoint_setting(checkpoint: str | Path) -> str:
@@ -268,7 +305,7 @@ def evaluate_checkpoint(
     setting: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a dataset split; writes results.json and results.md to out_dir (rank 0)."""
-    from imagebert.training.distributed import init_distributed, shutdown
+    from imagebert.runtime.distributed import init_distributed, shutdown
 
     opts = options or EvalOptions()
     info = init_distributed(opts.device)
@@ -342,6 +379,4 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
         ("results.json", json.dumps(report, indent=2)),
         ("results.md", report_markdown(report)),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text, fsync=False)

@@ -8,6 +8,7 @@ negative images (the positive pair is scored once and shared by both groups).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,16 +38,33 @@ def triplet_loss(group_scores: torch.Tensor, margin: float = 0.2) -> torch.Tenso
 def contrastive_loss(
     text_emb: torch.Tensor,
     image_emb: torch.Tensor,
-    logit_scale: torch.Tensor | float,
+    scale: torch.Tensor | float | None = None,
     image_keys: torch.Tensor | None = None,
+    *,
+    logit_scale: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of L2-normalised (text i, image i) pairs.
+
+    ``scale`` multiplies the cosine similarities as it is (an exponentiated scale, e.g. ``exp(log_scale)`` clamped
+    at 100); `imagebert.modeling.heads` has the variant that takes the log scale. ``logit_scale`` is the old,
+    misleading name of ``scale`` (deprecated; it is taken as the same exponentiated value).
 
     ``image_keys`` [B] (e.g. image indices) marks pairs that share an image: another copy of a row's own image
     is dropped from that row's softmax (it is neither a negative nor a second target), so two captions of one
     image in a batch do not cap each other's loss at log 2.
     """
-    scale = logit_scale.float() if torch.is_tensor(logit_scale) else float(logit_scale)
+    if logit_scale is not None:
+        if scale is not None:
+            raise TypeError("contrastive_loss: pass `scale` only (`logit_scale` is its deprecated name)")
+        warnings.warn(
+            "contrastive_loss(logit_scale=...) is deprecated: the value is an exponentiated scale; pass scale=",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        scale = logit_scale
+    if scale is None:
+        raise TypeError("contrastive_loss: missing the similarity scale (`scale`)")
+    scale = scale.float() if torch.is_tensor(scale) else float(scale)
     logits = scale * (text_emb.float() @ image_emb.float().T)
     target = torch.arange(logits.shape[0], device=logits.device)
     if image_keys is not None:

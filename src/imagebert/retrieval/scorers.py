@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from imagebert.data.types import RegionRecord
+from imagebert.runtime.modes import eval_mode
+from imagebert.runtime.precision import autocast, resolve_precision  # one precision rule for all
 
 _IMAGE_CHUNK = 256  # images collated at a time for the first stage
 
@@ -60,26 +62,6 @@ class Gallery:
         )
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """'fp32' -> None (no autocast); 'bf16'/'fp16' as asked; 'auto' -> bf16 where the hardware has it."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if precision != "auto":
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        except (AttributeError, RuntimeError):
-            return None
-    return None
-
-
 class _Fp32Head(torch.nn.Module):
     """Runs a score head outside autocast: bf16 logits have ~3 significant digits, and a model whose scores sit
     close together (a zero-shot ITM head, an early checkpoint) would see most pairs tie, which the pessimistic
@@ -98,7 +80,8 @@ class _Fp32Head(torch.nn.Module):
 def fp32_score_head(model: torch.nn.Module, enabled: bool = True):
     """Temporarily wrap `model.itm_head` in `_Fp32Head` (restored on exit, so training is unaffected)."""
     head = getattr(model, "itm_head", None)
-    if not enabled or head is None or isinstance(head, _Fp32Head):
+    # the model's own ScoreHead already computes in fp32 (imagebert.modeling.heads); wrapping is for older models
+    if not enabled or head is None or isinstance(head, _Fp32Head) or getattr(head, "computes_in_fp32", False):
         yield
         return
     model.itm_head = _Fp32Head(head)
@@ -108,10 +91,25 @@ def fp32_score_head(model: torch.nn.Module, enabled: bool = True):
         model.itm_head = head
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def _check_finite(regions: dict[str, torch.Tensor]) -> None:
+    """The encoder's NaN/inf input check, once per call on the host tensors instead of once per batch."""
+    for key in ("region_features", "region_locations"):
+        if not bool(torch.isfinite(regions[key]).all()):
+            raise ValueError(f"{key} has NaN/inf values")
+
+
+@contextlib.contextmanager
+def _no_per_batch_checks(model: torch.nn.Module):
+    """Turn off the encoder's per-forward input checks (a host sync each, and a graph break under torch.compile)
+    while the scorer runs; `_check_finite` has checked the whole call's inputs once already."""
+    if not getattr(model, "validate_inputs", False):
+        yield
+        return
+    model.validate_inputs = False
+    try:
+        yield
+    finally:
+        model.validate_inputs = True
 
 
 class ModelPairScorer:
@@ -132,18 +130,70 @@ class ModelPairScorer:
         device: str | torch.device = "cpu",
         precision: str = "auto",
         batch_size: int = 128,
+        weights: str = "fp32",
+        compile: str | bool = "off",
+        sort_pairs: bool = True,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
+        """`weights`: "fp32" scores with the model's own parameters under autocast; "bf16" keeps a bf16 copy of
+        the encoder resident (no per-forward weight casts; the score head stays fp32) when `precision` resolves
+        to bf16, a snapshot taken here (call `refresh_weights()` after the model changes). `compile`: "off",
+        "on" or "auto" (on for CUDA), see `imagebert.runtime.compile`; compiled batches are padded to bucketed
+        shapes so they do not recompile per batch. `sort_pairs` False keeps the caller's order (for measuring
+        what length bucketing buys). `on_batch(n)` is called after each forward with its number of pairs."""
+        if weights not in ("fp32", "bf16"):
+            raise ValueError(f"weights must be fp32 or bf16, got {weights!r}")
         self.model = model
         self.collator = collator
         self.gallery = gallery
         self.device = torch.device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.batch_size = batch_size
+        self.weights = weights
+        self.sort_pairs = sort_pairs
+        self.on_batch = on_batch
         text = collator.encode_text(gallery.texts)
         self.input_ids = text["input_ids"]
         self.attention_mask = text["attention_mask"]
         self.text_lengths = self.attention_mask.sum(1).numpy()
         self.passes = 0
+        self._resident: torch.nn.Module | None = None
+        if weights == "bf16" and self.dtype == torch.bfloat16:
+            self.refresh_weights()
+        from imagebert.runtime.compile import ShapeBuckets, resolve_compile
+
+        self.compiled = resolve_compile(compile, self.device)
+        cfg = getattr(model, "config", None)
+        self.buckets = (
+            ShapeBuckets(batch=batch_size, max_text=getattr(cfg, "max_text_tokens", None),
+                         max_regions=getattr(cfg, "max_regions", None))
+            if self.compiled
+            else None
+        )  # fmt: skip
+        self._compiled_forward: Callable[..., Any] | None = None
+
+    def refresh_weights(self) -> None:
+        """(Re)take the bf16-resident snapshot of the model: encoder in bf16, score head in fp32."""
+        import copy
+
+        resident = copy.deepcopy(self.model).eval().to(torch.bfloat16)
+        head = getattr(resident, "itm_head", None)
+        if head is not None:
+            head.float()
+        self._resident = resident
+        self._compiled_forward = None
+
+    def _scoring_model(self) -> torch.nn.Module:
+        return self._resident if self._resident is not None else self.model
+
+    def _forward(self, model: torch.nn.Module) -> Callable[..., Any]:
+        if not self.compiled:
+            return model
+        if self._compiled_forward is None:
+            from imagebert.runtime.compile import compile_module
+
+            self._compiled_forward = compile_module(model, self.device)
+        return self._compiled_forward
 
     @torch.no_grad()
     def score_pairs(self, caption_idx: np.ndarray, image_idx: np.ndarray) -> np.ndarray:
@@ -152,18 +202,18 @@ class ModelPairScorer:
         images, slot = np.unique(image_idx, return_inverse=True)
         regions = self.collator.encode_regions([self.gallery.get_record(int(i)) for i in images])
         counts = regions["region_mask"].sum(1).numpy()
-        order = np.lexsort((image_idx, caption_idx, counts[slot], self.text_lengths[caption_idx]))
+        if self.sort_pairs:
+            order = np.lexsort((image_idx, caption_idx, counts[slot], self.text_lengths[caption_idx]))
+        else:
+            order = np.arange(len(caption_idx))
         out = np.empty(len(caption_idx), dtype=np.float32)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with fp32_score_head(self.model, self.dtype is not None):
-                self._run(order, caption_idx, slot, counts, regions, out)
-        finally:
-            self.model.train(was_training)
+        model = self._scoring_model()
+        _check_finite(regions)
+        with eval_mode(model), fp32_score_head(model, self.dtype is not None), _no_per_batch_checks(model):
+            self._run(self._forward(model), order, caption_idx, slot, counts, regions, out)
         return out
 
-    def _run(self, order, caption_idx, slot, counts, regions, out) -> None:  # noqa: ANN001
+    def _run(self, forward, order, caption_idx, slot, counts, regions, out) -> None:  # noqa: ANN001
         for start in range(0, len(order), self.batch_size):
             sel = order[start : start + self.batch_size]
             caps = torch.from_numpy(caption_idx[sel])
@@ -177,11 +227,15 @@ class ModelPairScorer:
                 "region_locations": regions["region_locations"][slots, :r_len],
                 "region_mask": regions["region_mask"][slots, :r_len],
             }
+            if self.buckets is not None:
+                batch = self.buckets.pad(batch)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast(self.device, self.dtype):
-                scores = self.model(**batch).scores
-            out[sel] = scores.float().cpu().numpy()
+                scores = forward(**batch).scores
+            out[sel] = scores[: len(sel)].float().cpu().numpy()
             self.passes += len(sel)
+            if self.on_batch is not None:
+                self.on_batch(len(sel))
 
 
 @torch.no_grad()
@@ -194,10 +248,13 @@ def embed_gallery(
     precision: str = "auto",
     batch_size: int = 256,
     allow_untrained: bool = False,
+    progress: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """First-stage embeddings: (texts [C, E], images [I, E]) from the model's text-only and image-only passes.
 
-    Refuses (ConfigError) a model whose contrastive projections were never trained, unless `allow_untrained`."""
+    Refuses (ConfigError) a model whose contrastive projections were never trained, unless `allow_untrained`.
+    `progress`: anything with `update(n)` (e.g. `imagebert.runtime.progress.Progress`), told of every text and
+    image embedded."""
     from imagebert.modeling.model import UNTRAINED_ITC_MESSAGE, itc_projections_trained
 
     if not allow_untrained and not itc_projections_trained(model.config):
@@ -206,21 +263,21 @@ def embed_gallery(
         raise ConfigError(f"fast mode: {UNTRAINED_ITC_MESSAGE}")
     device = torch.device(device)
     dtype = resolve_precision(precision, device)
-    was_training = model.training
-    model.eval()
-    try:
-        return _embed(model, collator, gallery, device, dtype, batch_size)
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        return _embed(model, collator, gallery, device, dtype, batch_size, progress)
 
 
-def _embed(model, collator, gallery, device, dtype, batch_size) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def _embed(
+    model, collator, gallery, device, dtype, batch_size, progress=None
+) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     texts = []
     for start in range(0, gallery.num_captions, batch_size):
         enc = collator.encode_text(gallery.texts[start : start + batch_size])
         with autocast(device, dtype):
             e = model.encode_text(enc["input_ids"].to(device), enc["attention_mask"].to(device))
         texts.append(e.float().cpu())
+        if progress is not None:
+            progress.update(len(enc["input_ids"]))
     images = []
     for start in range(0, gallery.num_images, min(batch_size, _IMAGE_CHUNK)):
         idx = range(start, min(start + min(batch_size, _IMAGE_CHUNK), gallery.num_images))
@@ -232,6 +289,8 @@ def _embed(model, collator, gallery, device, dtype, batch_size) -> tuple[np.ndar
                 reg["region_mask"].to(device),
             )
         images.append(e.float().cpu())
+        if progress is not None:
+            progress.update(len(idx))
     return torch.cat(texts).numpy(), torch.cat(images).numpy()
 
 

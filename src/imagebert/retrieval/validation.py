@@ -12,7 +12,10 @@ validation of a run sees the same problems and the numbers are comparable across
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,3 +125,34 @@ def run_gallery_validation(scorer: ModelPairScorer, ks: tuple[int, ...] = (1, 5,
     out["val_rsum"] = float(sum(res.ir.values()) + sum(res.tr.values()))
     out["val_gallery"] = f"{g.num_images} images x {g.num_captions} captions"
     return out
+
+
+class RetrievalValidator:
+    """The fine-tuning validation as a Trainer evaluation callback (`imagebert.training.trainer.Evaluator`).
+
+    A `GalleryPlan` runs gallery mode, a `ValidationPlan` the sampled mode. Each result is also appended, with its
+    step, to `log_path` (validation.jsonl) so a run's validation history reads in one file. `scorer` holds the
+    model being trained; the model the Trainer passes is the same object and is not needed again.
+    """
+
+    def __init__(
+        self,
+        scorer: ModelPairScorer | None,
+        plan: ValidationPlan | GalleryPlan | None,
+        log_path: str | Path | None = None,
+    ) -> None:
+        self.scorer = scorer
+        self.plan = plan
+        self.log_path = Path(log_path) if log_path is not None else None
+
+    def __call__(self, model: Any, step: int) -> dict[str, Any]:
+        if self.scorer is None or self.plan is None:
+            raise RuntimeError("RetrievalValidator has no scorer/plan (it runs on the rank that built them)")
+        if isinstance(self.plan, GalleryPlan):
+            record: dict[str, Any] = run_gallery_validation(self.scorer)
+        else:
+            record = run_validation(self.scorer, self.plan)
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": step, **record}) + "\n")
+        return record

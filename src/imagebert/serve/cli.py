@@ -4,6 +4,101 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from imagebert.config_utils import ConfigError, add_config_arguments, add_config_file_arguments, meta
+from imagebert.runtime.threads import threads_field
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw")
+
+
+@dataclass
+class SourceSettings:
+    """Where the gallery comes from (`index build` / `index add`)."""
+
+    dataset: str | None = field(default=None, metadata=meta("dataset YAML (feature store + captions)",
+                                                            config="datasets"))  # fmt: skip
+    split: str = field(default="test", metadata=meta("split of --dataset, or 'all'"))
+    features: str | None = field(default=None, metadata=meta("a region-feature store (instead of --dataset)",
+                                                             path=True))  # fmt: skip
+    captions: str | None = field(default=None, metadata=meta(
+        "caption list (.tsv/.jsonl of image_id + caption) for --features/--images", path=True))  # fmt: skip
+    images: str | None = field(default=None, metadata=meta(
+        "folder of the images: thumbnails for the page (ids = file stems); with `index add` and no "
+        "--dataset/--features, new images to extract", path=True))  # fmt: skip
+
+
+@dataclass
+class EmbedSettings:
+    """How the gallery is embedded."""
+
+    device: str = "cpu"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="fp32", metadata=meta(
+        "precision of the embedding passes (fp32: what evaluate's fast mode uses with --precision fp32)"))  # fmt: skip
+    batch_size: int = 128
+    thumb_size: int = field(default=256, metadata=meta("longest side of the stored thumbnails"))
+
+
+@dataclass
+class IndexBuildSettings:
+    checkpoint: str = field(metadata=meta("checkpoint folder whose ITC projections were trained", positional=True,
+                                          path=True))  # fmt: skip
+    out: str = field(metadata=meta("the index folder to create"))
+    backend: Literal["auto", "torch", "faiss", "faiss-hnsw"] = field(default="auto", metadata=meta(
+        "first-stage search: exact torch, faiss flat (exact), faiss HNSW; auto = faiss above 200k items when "
+        "installed"))  # fmt: skip
+    source: SourceSettings = field(default_factory=SourceSettings, metadata=meta(flat=True))
+    embed: EmbedSettings = field(default_factory=EmbedSettings, metadata=meta(flat=True))
+    threads: str = threads_field()
+
+    def validate(self) -> None:
+        _check_source(self.source)
+        _check_sizes(self.embed.batch_size, self.embed.thumb_size)
+
+
+@dataclass
+class IndexAddSettings:
+    index: str = field(metadata=meta("an index folder made by `imagebert index build`", positional=True,
+                                     path=True))  # fmt: skip
+    checkpoint: str = field(metadata=meta("the checkpoint the index was built with", path=True))
+    source: SourceSettings = field(default_factory=SourceSettings, metadata=meta(flat=True))
+    embed: EmbedSettings = field(default_factory=EmbedSettings, metadata=meta(flat=True))
+    threads: str = threads_field()
+
+    def validate(self) -> None:
+        _check_source(self.source, allow_images_only=True)
+        _check_sizes(self.embed.batch_size, self.embed.thumb_size)
+
+
+@dataclass
+class ServeSettings:
+    index: str = field(metadata=meta("an index folder made by `imagebert index build`", positional=True,
+                                     path=True))  # fmt: skip
+    checkpoint: str = field(metadata=meta("the checkpoint the index was built with", path=True))
+    host: str = field(default="127.0.0.1", metadata=meta("interface to listen on (default: loopback only)"))
+    port: int = 8000
+    device: str = field(default="cpu", metadata=meta("cpu, cuda, cuda:1, ..."))
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata=meta(
+        "auto = bf16 where the hardware has it (the score head stays fp32)"))  # fmt: skip
+    backend: Literal["auto", "torch", "faiss", "faiss-hnsw"] | None = field(default=None, metadata=meta(
+        "override the index's first-stage backend"))  # fmt: skip
+    batch_size: int = field(default=64, metadata=meta("cross-encoder pairs per forward pass"))
+    max_batch_pairs: int = field(default=1024, metadata=meta("pairs gathered from concurrent requests"))
+    batch_wait_ms: float = field(default=2.0, metadata=meta("how long to wait for more requests"))
+    max_upload_mb: float = 10.0
+    max_pixels: int | None = field(default=None, metadata=meta("reject larger uploads (decompression bombs)"))
+    uploads: bool = field(default=True, metadata=meta("accept uploaded images (--no-uploads refuses them)"))
+    threads: str = threads_field()
+
+    def validate(self) -> None:
+        from imagebert.runtime.threads import parse_threads
+
+        _check_sizes(self.batch_size, self.max_batch_pairs)
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must lie in 1..65535, got {self.port}")
+        parse_threads(self.threads)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,22 +107,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="index_command", metavar="ACTION")
 
     b = sub.add_parser("build", help="build a new index from a dataset split or a feature store + captions")
-    b.add_argument("checkpoint", help="checkpoint folder whose ITC projections were trained")
-    _source_args(b)
-    b.add_argument("--out", required=True, help="the index folder to create")
-    b.add_argument("--backend", default="auto", choices=("auto", "torch", "faiss", "faiss-hnsw"),
-                   help="first-stage search: exact torch, faiss flat (exact), faiss HNSW; auto = faiss above "
-                        "200k items when installed")  # fmt: skip
-    _model_args(b)
+    add_config_file_arguments(b)
+    add_config_arguments(b, IndexBuildSettings)
     b.set_defaults(func=run_build)
 
     a = sub.add_parser(
         "add", help="add images (a dataset split, a store, or a folder of new images) to an index"
     )
-    a.add_argument("index", help="an index folder made by `imagebert index build`")
-    a.add_argument("--checkpoint", required=True, help="the checkpoint the index was built with")
-    _source_args(a)
-    _model_args(a)
+    add_config_file_arguments(a)
+    add_config_arguments(a, IndexAddSettings)
     a.set_defaults(func=run_add)
 
     i = sub.add_parser("info", help="print what an index holds")
@@ -36,45 +124,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = subparsers.add_parser("serve", help="serve an index: web page and JSON API (127.0.0.1 by default)",
                               description="Text -> images and image -> captions search over an index.")  # fmt: skip
-    s.add_argument("index", help="an index folder made by `imagebert index build`")
-    s.add_argument("--checkpoint", required=True, help="the checkpoint the index was built with")
-    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="auto = bf16 where the hardware has it (the score head stays fp32)")  # fmt: skip
-    s.add_argument("--backend", choices=("auto", "torch", "faiss", "faiss-hnsw"),
-                   help="override the index's first-stage backend")  # fmt: skip
-    s.add_argument("--batch-size", type=int, default=64, help="cross-encoder pairs per forward pass")
-    s.add_argument(
-        "--max-batch-pairs", type=int, default=1024, help="pairs gathered from concurrent requests"
-    )
-    s.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long to wait for more requests")
-    s.add_argument("--max-upload-mb", type=float, default=10.0)
-    s.add_argument("--max-pixels", type=int, default=None, help="reject larger uploads (decompression bombs)")
-    s.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    s.add_argument("--no-uploads", action="store_true", help="refuse uploaded images")
+    add_config_file_arguments(s)
+    add_config_arguments(s, ServeSettings)
     s.set_defaults(func=run_serve)
 
 
-def _source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="dataset YAML (feature store + captions)")
-    p.add_argument("--split", default="test", help="split of --dataset, or 'all' (default: test)")
-    p.add_argument("--features", help="a region-feature store (instead of --dataset)")
-    p.add_argument(
-        "--captions", help="caption list (.tsv/.jsonl of image_id + caption) for --features/--images"
-    )
-    p.add_argument("--images", help="folder of the images: thumbnails for the page (ids = file stems); with "
-                                    "`index add` and no --dataset/--features, new images to extract")  # fmt: skip
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="precision of the embedding passes (default fp32: what evaluate's fast mode uses with "
-                        "--precision fp32)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--thumb-size", type=int, default=256, help="longest side of the stored thumbnails")
+def _check_sizes(*values: int) -> None:
+    if any(v < 1 for v in values):
+        raise ConfigError(f"sizes must be >= 1, got {', '.join(str(v) for v in values)}")
 
 
 def _cli_error(exc: Exception):
@@ -83,49 +140,60 @@ def _cli_error(exc: Exception):
     return CliError(str(exc))
 
 
-def _check_source(args: argparse.Namespace, allow_images_only: bool = False) -> None:
-    from imagebert.cli import CliError
-
-    if args.dataset and args.features:
-        raise CliError("give --dataset or --features, not both")
-    if not args.dataset and not args.features and not (allow_images_only and args.images):
-        raise CliError("give --dataset DATASET.yaml, or --features STORE (with --captions FILE)"
-                       + (", or --images DIR" if allow_images_only else ""))  # fmt: skip
-    if args.captions and args.dataset:
-        raise CliError("--captions goes with --features or --images, not --dataset")
+def _check_source(src: SourceSettings, allow_images_only: bool = False) -> None:
+    if src.dataset and src.features:
+        raise ConfigError("give --dataset or --features, not both")
+    if not src.dataset and not src.features and not (allow_images_only and src.images):
+        raise ConfigError("give --dataset DATASET.yaml, or --features STORE (with --captions FILE)"
+                          + (", or --images DIR" if allow_images_only else ""))  # fmt: skip
+    if src.captions and src.dataset:
+        raise ConfigError("--captions goes with --features or --images, not --dataset")
 
 
 _ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError)
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from imagebert.config_utils import load_command_config
+    from imagebert.runtime.threads import apply_threads
     from imagebert.serve.index import build_index
 
-    _check_source(args)
+    s = load_command_config(IndexBuildSettings, args)
+    src, emb = s.source, s.embed
+    apply_threads(s.threads)
     try:
-        summary = build_index(args.checkpoint, args.out, dataset=args.dataset, split=args.split,
-                              features=args.features, captions=args.captions, images_dir=args.images,
-                              backend=args.backend, device=args.device, precision=args.precision,
-                              batch_size=args.batch_size, thumb_size=args.thumb_size)  # fmt: skip
+        summary = build_index(s.checkpoint, s.out, dataset=src.dataset, split=src.split, features=src.features,
+                              captions=src.captions, images_dir=src.images, backend=s.backend, device=emb.device,
+                              precision=emb.precision, batch_size=emb.batch_size, thumb_size=emb.thumb_size)  # fmt: skip
     except _ERRORS as exc:
-        raise _cli_error(exc) from exc
+        _reraise(exc)
     print(summary.text())
     return 0
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from imagebert.config_utils import load_command_config
+    from imagebert.runtime.threads import apply_threads
     from imagebert.serve.index import add_to_index
 
-    _check_source(args, allow_images_only=True)
+    s = load_command_config(IndexAddSettings, args)
+    src, emb = s.source, s.embed
+    apply_threads(s.threads)
     try:
-        summary = add_to_index(args.index, args.checkpoint, dataset=args.dataset, split=args.split,
-                               features=args.features, captions=args.captions, images=args.images,
-                               device=args.device, precision=args.precision, batch_size=args.batch_size,
-                               thumb_size=args.thumb_size)  # fmt: skip
+        summary = add_to_index(s.index, s.checkpoint, dataset=src.dataset, split=src.split, features=src.features,
+                               captions=src.captions, images=src.images, device=emb.device, precision=emb.precision,
+                               batch_size=emb.batch_size, thumb_size=emb.thumb_size)  # fmt: skip
     except _ERRORS as exc:
-        raise _cli_error(exc) from exc
+        _reraise(exc)
     print(summary.text())
     return 0
+
+
+def _reraise(exc: Exception) -> None:
+    """Config errors pass to imagebert.cli.main as they are; data and OS errors become one-line CliErrors."""
+    if isinstance(exc, ConfigError):
+        raise exc
+    raise _cli_error(exc) from exc
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -140,31 +208,35 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from imagebert.cli import require
+    from imagebert.config_utils import load_command_config
+    from imagebert.runtime.threads import apply_threads
+
+    s = load_command_config(ServeSettings, args)
+    uvicorn = require("uvicorn", "serve")  # before torch loads: a missing extra is reported at once
+    require("fastapi", "serve")
     import torch
-    import uvicorn
 
     from imagebert.serve.service import Limits, load_service
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise _cli_error(ValueError(f"--device {args.device}: CUDA is not available in this torch build"))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if s.device.startswith("cuda") and not torch.cuda.is_available():
+        raise _cli_error(ValueError(f"--device {s.device}: CUDA is not available in this torch build"))
+    apply_threads(s.threads)
     try:
-        app, searcher = load_service(args.index, args.checkpoint, device=args.device, precision=args.precision,
-                                     backend=args.backend, batch_size=args.batch_size,
-                                     max_batch_pairs=args.max_batch_pairs, max_wait_ms=args.batch_wait_ms,
-                                     max_pixels=args.max_pixels,
-                                     limits=Limits(max_upload_bytes=int(args.max_upload_mb * 2**20)),
-                                     uploads=not args.no_uploads)  # fmt: skip
+        app, searcher = load_service(s.index, s.checkpoint, device=s.device, precision=s.precision, backend=s.backend,
+                                     batch_size=s.batch_size, max_batch_pairs=s.max_batch_pairs,
+                                     max_wait_ms=s.batch_wait_ms, max_pixels=s.max_pixels,
+                                     limits=Limits(max_upload_bytes=int(s.max_upload_mb * 2**20)),
+                                     uploads=s.uploads)  # fmt: skip
     except _ERRORS as exc:
-        raise _cli_error(exc) from exc
+        _reraise(exc)
     print(
         f"imagebert serve: {searcher.index.num_images} images, {searcher.index.num_captions} captions on "
-        f"http://{args.host}:{args.port}/ ({searcher.image_search.name} first stage, {args.device})",
+        f"http://{s.host}:{s.port}/ ({searcher.image_search.name} first stage, {s.device})",
         flush=True,
     )
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+        uvicorn.run(app, host=s.host, port=s.port, log_level="info", access_log=False)  # type: ignore[attr-defined]
     finally:
         searcher.worker.close()
     return 0

@@ -62,8 +62,8 @@ def untrained_message(checkpoint: str | os.PathLike) -> str:
     return (
         f"{checkpoint}: the contrastive (ITC) projections of this checkpoint were never trained "
         "(config itc_trained_steps = 0), so its text and image embeddings would rank at random. Pre-train with "
-        "the ITC task on (model config task_itc: true) or fine-tune with the ITC loss on (--set loss.itc=1.0), "
-        "then build the index from that checkpoint."
+        "the ITC task on (--set tasks.itc=true; formerly model.task_itc) or fine-tune with the ITC loss on "
+        "(--set loss.itc=1.0), then build the index from that checkpoint."
     )
 
 
@@ -178,9 +178,9 @@ def _image_files(images_dir: str | os.PathLike | None) -> dict[str, Path]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from imagebert.runtime.atomic import atomic_write_text
+
+    atomic_write_text(path, text, fsync=False)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -273,8 +273,11 @@ def _write_shard(
 
     g_embed = Gallery(texts, g.caption_image if g.num_captions else np.zeros(1, np.int64), g.image_ids,
                       g.get_record)  # fmt: skip
-    t_emb, i_emb = embed_gallery(model, collator, g_embed, device=device, precision=precision,
-                                 batch_size=batch_size)  # fmt: skip
+    from imagebert.runtime.progress import Progress
+
+    with Progress(f"index shard {shard}: embed", len(texts) + g.num_images, unit="items") as bar:
+        t_emb, i_emb = embed_gallery(model, collator, g_embed, device=device, precision=precision,
+                                     batch_size=batch_size, progress=bar)  # fmt: skip
     if not g.num_captions:
         t_emb = t_emb[:0]
     np.save(work / "image_emb.npy", i_emb.astype(np.float32))
@@ -297,9 +300,9 @@ def _write_shard(
         {"text": t, "image_id": g.image_ids[int(ci)], "caption_id": cid}
         for t, ci, cid in zip(g.texts, g.caption_image, src.caption_ids, strict=True)
     ])  # fmt: skip
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(work, final)
+    from imagebert.runtime.atomic import replace_dir
+
+    replace_dir(work, final)  # never a moment with a half-removed old index
     return g.num_images, g.num_captions, n_thumbs
 
 

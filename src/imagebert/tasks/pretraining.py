@@ -21,8 +21,9 @@ from torch import nn
 
 from imagebert.config_utils import ConfigError, to_dict
 from imagebert.data.masking import MaskingConfig, TextMasker, mask_regions
+from imagebert.modeling.tasks import LEGACY_TRAINING_SWITCHES, PretrainingTasks, warn_legacy_switches
+from imagebert.runtime.distributed import DistInfo, init_distributed, shutdown
 from imagebert.training import checkpoint as ckpt
-from imagebert.training.distributed import DistInfo, init_distributed, shutdown
 from imagebert.training.feature_stats import AUTO_SIZED, install_feature_stats, resolve_auto_sizes
 from imagebert.training.pairs import PairPool, dataset_feature_dim
 from imagebert.training.trainer import Trainer, TrainerConfig
@@ -62,7 +63,8 @@ class StageConfig:
 
 @dataclass
 class PretrainConfig:
-    """The `imagebert pretrain` config. `model` holds ImageBertConfig overrides (e.g. visual_feature_dim)."""
+    """The `imagebert pretrain` config. `model` holds ImageBertConfig overrides (e.g. visual_feature_dim);
+    `tasks` the losses and their weights (old `model.task_*`, `model.loss_weight_*`: deprecated aliases)."""
 
     stages: list[StageConfig]
     out_dir: str = "runs/pretrain"
@@ -72,6 +74,8 @@ class PretrainConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     itm: ItmConfig = field(default_factory=ItmConfig)
     training: TrainerConfig = field(default_factory=lambda: TrainerConfig(epochs=1))
+    tasks: PretrainingTasks = field(default_factory=PretrainingTasks)
+    validate_inputs: bool = True  # check batches for NaN/inf in the model's forward (one host sync per step)
 
 
 def load_pretrain_config(
@@ -123,6 +127,7 @@ def validate_config(cfg: PretrainConfig, *, check_paths: bool = True) -> None:
 
     if not cfg.stages:
         raise ConfigError("stages: list at least one stage")
+    _move_legacy_switches(cfg)
     fields = set(ImageBertConfig.__dataclass_fields__)
     for key, value in cfg.model.items():
         if key not in fields:
@@ -158,6 +163,20 @@ def validate_config(cfg: PretrainConfig, *, check_paths: bool = True) -> None:
                     raise ConfigError(f"stages[{i}].datasets[{j}]: file not found: {d}")
 
 
+def _move_legacy_switches(cfg: PretrainConfig) -> None:
+    """`model.task_itc=true` and friends (the switches' old home) -> `tasks.itc` etc., with a warning."""
+    legacy = {k: cfg.model.pop(k) for k in list(cfg.model) if k in LEGACY_TRAINING_SWITCHES}
+    if not legacy:
+        return
+    warn_legacy_switches(legacy, "pretrain config 'model'")
+    if "validate_inputs" in legacy:
+        cfg.validate_inputs = bool(legacy.pop("validate_inputs"))
+    try:
+        cfg.tasks = cfg.tasks.with_legacy(legacy)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model: {exc}") from exc
+
+
 class PretrainTask:
     """Builds four-task batches (negatives, collation, masking) and computes the model's summed loss."""
 
@@ -168,28 +187,38 @@ class PretrainTask:
     )  # fmt: skip
 
     def __init__(
-        self, pool: PairPool, tokenizer: Any, model_config: Any, masking: MaskingConfig, itm: ItmConfig
+        self,
+        pool: PairPool,
+        tokenizer: Any,
+        model_config: Any,
+        masking: MaskingConfig,
+        itm: ItmConfig,
+        tasks: PretrainingTasks | None = None,
     ) -> None:
-        from imagebert.data.collate import PairCollator
+        """`tokenizer` is an ImageBertProcessor (or a bare tokenizer: a processor is built with the config's
+        sizes); `tasks` default to the model config's deprecated switches, else PretrainingTasks()."""
+        from imagebert.modeling.processing import ImageBertProcessor
 
         self.pool = pool
         self.itm = itm
         self.masking = masking
-        self.use_itm = bool(getattr(model_config, "task_itm", True)) and itm.negative_ratio > 0
-        self.use_itc = bool(getattr(model_config, "task_itc", False))
+        if tasks is None:
+            tasks = PretrainingTasks().with_legacy(getattr(model_config, "legacy_training_switches", {}))
+        self.tasks = tasks
+        self.use_itm = tasks.itm and itm.negative_ratio > 0
+        self.use_itc = tasks.itc
         # Chance-level losses for the learning-health monitor: ITM's constant-prediction BCE at this negative rate.
         p = itm.negative_ratio
         self.chance_losses = (
             {"itm": -(p * math.log(p) + (1 - p) * math.log(1 - p))} if self.use_itm and 0 < p < 1 else {}
         )
-        self.collator = PairCollator(
-            tokenizer,
-            max_text_tokens=model_config.max_text_tokens,
-            max_regions=model_config.max_regions,
-            feature_dim=model_config.visual_feature_dim,
-            truncate_regions=True,
-        )
-        self.text_masker = TextMasker.from_tokenizer(tokenizer, masking)
+        if isinstance(tokenizer, ImageBertProcessor):
+            tokenizer.check_model(model_config)
+            self.processor = tokenizer
+        else:
+            self.processor = ImageBertProcessor.from_config(model_config, tokenizer)
+        self.collator = self.processor.collator
+        self.text_masker = TextMasker.from_tokenizer(self.processor.tokenizer, masking)
 
     def choose_pairs(self, items: list[tuple[int, Any, Any]], gen: torch.Generator) -> tuple[list, list[int]]:
         """Turn some matched pairs into negatives; returns ((record, text) pairs, itm labels)."""
@@ -327,7 +356,12 @@ def run_pretraining(
     dataset_factory(stage) -> list of pair datasets replaces the YAML loading (tests, the demo, in-memory data).
     resume: a checkpoint folder or a run folder (its newest checkpoint is used); finished stages are skipped.
     """
-    from imagebert.modeling import ImageBertForPreTraining, default_bert_path, load_tokenizer
+    from imagebert.modeling import (
+        ImageBertForPreTraining,
+        ImageBertProcessor,
+        default_bert_path,
+        load_tokenizer,
+    )
 
     validate_config(config, check_paths=dataset_factory is None)
     out = Path(out_dir or config.out_dir)
@@ -377,10 +411,12 @@ def run_pretraining(
                 overrides = {**_token_ids(tokenizer), **model_cfg}
                 model = ImageBertForPreTraining.init_from_bert(bert_dir, **overrides)
             _check_dims(model.config, datasets, stage)
+            model.tasks, model.validate_inputs = config.tasks, config.validate_inputs  # training choices
             # standardisation statistics come from the first stage's data and then travel with the weights
             install_feature_stats(model, datasets)
             pool = PairPool(datasets)
-            task = PretrainTask(pool, tokenizer, model.config, config.masking, config.itm)
+            processor = ImageBertProcessor.from_config(model.config, tokenizer)  # saved with every checkpoint
+            task = PretrainTask(pool, processor, model.config, config.masking, config.itm, tasks=config.tasks)
             tcfg = stage_trainer_config(config, stage)
             tcfg.seed = config.training.seed + 1000 * index
             lengths = pool.lengths(model.config.max_regions) if tcfg.bucket_by_length else None
@@ -395,10 +431,10 @@ def run_pretraining(
                 run_config_yaml=config_yaml,
                 stage_index=index,
                 stage_name=stage.name,
-                extra_save=tokenizer.save_pretrained,
+                extra_save=processor.save_pretrained,
                 extra_meta={"num_stages": len(config.stages)},
             )
-            if model.config.task_itc and model.config.loss_weight_itc > 0:
+            if config.tasks.itc and config.tasks.itc_weight > 0:
                 # recorded before the first checkpoint so every checkpoint of this stage says so
                 model.config.itc_trained_steps = int(model.config.itc_trained_steps) + trainer.total_steps
             if info.is_main:

@@ -2,7 +2,10 @@
 optional online hard-negative mining and contrastive (ITC) loss, cheap validation and best-checkpoint selection.
 
 The loop is the shared `imagebert.training.Trainer` (precision, DDP, checkpoints, resumption, NaN stops); this
-module supplies the `TrainTask` and the validation hook. Each batch carries B positive pairs plus a shared pool of
+module supplies the `TrainTask`, and validation (`imagebert.retrieval.validation.RetrievalValidator`) is one of the
+Trainer's evaluation callbacks, whose `val_rsum` picks the best checkpoint. The whole loss, the contrastive part
+included, is computed in `RetrievalTask.compute_loss`, which the Trainer runs inside the DDP-wrapped forward, so
+every loss works with any number of processes. Each batch carries B positive pairs plus a shared pool of
 `pool_size` candidate images and candidate captions (drawn from distinct images). Without mining each positive
 takes P-1 random wrong candidates from the pool in each direction; with mining the model scores every
 (positive, pool candidate) pair without gradients and the P-1 highest-scoring wrong ones are trained on.
@@ -12,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 from imagebert.config_utils import ConfigError, load_config, to_dict
 from imagebert.retrieval.losses import LossWeights, contrastive_loss, retrieval_loss
 from imagebert.retrieval.mining import select_hard
+from imagebert.runtime.modes import eval_mode
 from imagebert.training.feature_stats import install_feature_stats, resolve_auto_sizes
 from imagebert.training.trainer import TrainerConfig
 
@@ -243,9 +245,7 @@ class RetrievalTask:
         dev = batch["input_ids"].device
         rows = torch.arange(b, device=dev).repeat_interleave(m)
         pool = torch.arange(m, device=dev).repeat(b) + b  # pool items follow the B positives
-        was_training = core.training
-        core.eval()
-        try:
+        with eval_mode(core):
             if self.neg.hard_source == "itc":
                 scores = self._itc_pool_scores(core, batch, b, m)
             else:
@@ -257,8 +257,6 @@ class RetrievalTask:
                         inp = self._pair_inputs(batch, text_rows[s : s + chunk], image_rows[s : s + chunk])
                         out.append(core(**inp).scores.float())
                     scores.append(torch.cat(out).view(b, m))
-        finally:
-            core.train(was_training)
         k = self.neg.num_negatives
         temperature = self.neg.hard_temperature
         gen = torch.Generator().manual_seed(int(batch["mine_seed"].reshape(-1)[0]))
@@ -277,7 +275,9 @@ class RetrievalTask:
     def compute_loss(
         self, model: nn.Module, batch: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        core = model.module if hasattr(model, "module") else model
+        """The full fine-tuning loss. The Trainer calls this inside the DDP-wrapped forward (`TaskLoss`) with the
+        bare model, so the contrastive passes and mining below are part of the synchronised forward."""
+        core = model.module if hasattr(model, "module") else model  # a caller passing a DDP model still works
         b = batch["pos_index"].shape[0]
         dev = batch["input_ids"].device
         if self.mining_active():
@@ -290,7 +290,7 @@ class RetrievalTask:
         # positives; caption b with k wrong images; image b with k wrong captions
         text_rows = torch.cat([pos, rep, neg_cap.reshape(-1) + b])
         image_rows = torch.cat([pos, neg_img.reshape(-1) + b, rep])
-        scores = model(**self._pair_inputs(batch, text_rows, image_rows)).scores.float()
+        scores = core(**self._pair_inputs(batch, text_rows, image_rows)).scores.float()
         pos_s = scores[:b]
         t2i = scores[b : b + b * k].view(b, k)
         i2t = scores[b + b * k :].view(b, k)
@@ -300,72 +300,32 @@ class RetrievalTask:
             t = core.encode_text(inp["input_ids"], inp["attention_mask"])
             i = core.encode_image(inp["region_features"], inp["region_locations"], inp["region_mask"])
             scale = core.itc_logit_scale.exp().clamp(max=100.0)
-            v = contrastive_loss(t, i, scale, batch["image_keys"].to(dev))
+            v = contrastive_loss(t, i, scale=scale, image_keys=batch["image_keys"].to(dev))
             total = total + self.weights.itc * v
             parts["itc"] = v.detach()
         return total, parts
 
 
-# --------------------------------------------------------------------------- validation hook + best checkpoint
+# --------------------------------------------------------------------------- checkpoint contents
 
 
-class _BestKeeper:
-    """Runs validation at every checkpoint the Trainer writes (rank 0) and keeps a copy of the best one."""
+class _CheckpointExtras:
+    """Save hook: the tokenizer, and the step's validation numbers as `validation.json` / `retrieval.json` (the
+    latter marks a fine-tuned checkpoint for evaluation). Validation itself is an evaluation callback."""
 
-    def __init__(
-        self, model: nn.Module, tokenizer: Any, scorer: Any, plan: Any, out_dir: Path, meta: dict
-    ) -> None:
-        self.model = model
+    def __init__(self, tokenizer: Any, meta: dict[str, Any]) -> None:
         self.tokenizer = tokenizer
-        self.scorer = scorer
-        self.plan = plan
-        self.out_dir = out_dir
         self.meta = meta
-        self.best: float | None = None
-        previous = out_dir / "best" / "validation.json"
-        if plan is not None and previous.is_file():  # a resumed run must beat the best it already kept
-            self.best = json.loads(previous.read_text(encoding="utf-8")).get("val_rsum")
-        self.history: list[dict] = []
         self.trainer: Any = None
 
     def __call__(self, ckpt_dir: Path) -> None:
-        from imagebert.retrieval.validation import GalleryPlan, run_gallery_validation, run_validation
-
         self.tokenizer.save_pretrained(ckpt_dir)
-        record: dict[str, Any] = {}
-        if isinstance(self.plan, GalleryPlan):
-            record = run_gallery_validation(self.scorer)
-        elif self.plan is not None:
-            record = run_validation(self.scorer, self.plan)
+        t = self.trainer
+        record = dict(t.last_metrics) if t is not None and t._metrics_step == t.step else {}
         (ckpt_dir / "validation.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
         (ckpt_dir / RETRIEVAL_META).write_text(
             json.dumps({**self.meta, **record}, indent=2), encoding="utf-8"
         )
-        self.history.append(record)
-        step = getattr(self.trainer, "step", None)
-        with open(self.out_dir / "validation.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": step, **record}) + "\n")
-        value = record.get("val_rsum", 0.0)
-        if self.plan is None or self.best is None or value > self.best:
-            self.best = value
-            self._save_best(ckpt_dir)
-
-    def _save_best(self, ckpt_dir: Path) -> None:
-        best = self.out_dir / "best"
-        tmp = self.out_dir / f".tmp-best-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        # weights, config, tokenizer, validation (the trainer state is written after this hook)
-        for name in os.listdir(ckpt_dir):
-            src = ckpt_dir / name
-            if src.is_file():
-                shutil.copy2(src, tmp / name)
-        old = self.out_dir / f".old-best-{os.getpid()}"
-        if best.exists():
-            os.replace(best, old)
-        os.replace(tmp, best)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def run_finetuning(
@@ -378,12 +338,16 @@ def run_finetuning(
 ) -> Path:
     """Fine-tune; returns the best checkpoint folder (`<out>/best`, by validation R-sum; the final one when
     validation is off). `train_dataset`/`val_dataset` (PairDataset-like) replace loading `config.dataset`."""
-    from imagebert.data.collate import PairCollator
-    from imagebert.modeling import ImageBertForRetrieval, default_bert_path, load_tokenizer
+    from imagebert.modeling import (
+        ImageBertForRetrieval,
+        ImageBertProcessor,
+        default_bert_path,
+        load_tokenizer,
+    )
     from imagebert.retrieval.evaluate import gallery_from_dataset
     from imagebert.retrieval.scorers import ModelPairScorer
-    from imagebert.retrieval.validation import make_gallery_plan, make_plan
-    from imagebert.training.distributed import init_distributed, shutdown
+    from imagebert.retrieval.validation import RetrievalValidator, make_gallery_plan, make_plan
+    from imagebert.runtime.distributed import init_distributed, shutdown
     from imagebert.training.trainer import Trainer
 
     validate_config(config)
@@ -400,11 +364,6 @@ def run_finetuning(
                 train_dataset = PairDataset(spec, split=config.train_split)
             if config.validation is not None and val_dataset is None:
                 val_dataset = PairDataset(spec, split=config.validation.split)
-        if info.distributed and config.loss.itc:
-            raise ConfigError(
-                "loss.itc: the contrastive loss runs outside the DDP forward and is single-process only; "
-                "fine-tune with ITC on one process, or set loss.itc=0"
-            )
         torch.manual_seed(config.training.seed)
         if config.init_checkpoint:
             model = ImageBertForRetrieval.from_pretrained(config.init_checkpoint)
@@ -425,10 +384,13 @@ def run_finetuning(
         # a checkpoint from before standardisation existed, or a fresh BERT start, measures it on this data
         install_feature_stats(model, [train_dataset])
         mc = model.config
-        collator = PairCollator(tokenizer, max_text_tokens=mc.max_text_tokens, max_regions=mc.max_regions,
-                                feature_dim=mc.visual_feature_dim, truncate_regions=True)  # fmt: skip
+        # the model's processor: sizes from its config; saved with each checkpoint
+        collator = ImageBertProcessor.from_config(mc, tokenizer)
         task = RetrievalTask(train_dataset, collator, config.negatives, config.loss)
-        plan = scorer = None
+        out.mkdir(parents=True, exist_ok=True)
+        evaluators = []
+        if config.validation is not None:  # every rank holds the callback; only rank 0 builds and runs it
+            evaluators.append(RetrievalValidator(None, None, out / "validation.jsonl"))
         if config.validation is not None and info.is_main:
             v = config.validation
             gallery = gallery_from_dataset(val_dataset)
@@ -437,12 +399,12 @@ def run_finetuning(
                 gallery = plan.gallery
             else:
                 plan = make_plan(gallery, v.num_queries, v.num_candidates, v.seed)
-            scorer = ModelPairScorer(model, collator, gallery, device=info.device, precision=v.precision,
-                                     batch_size=v.batch_size)  # fmt: skip
-        out.mkdir(parents=True, exist_ok=True)
+            evaluators[0].scorer = ModelPairScorer(model, collator, gallery, device=info.device,
+                                                   precision=v.precision, batch_size=v.batch_size)  # fmt: skip
+            evaluators[0].plan = plan
         meta = {"finetuned_from": config.init_checkpoint or str(config.init_from_bert or "bert"),
                 "loss": to_dict(config.loss), "negatives": to_dict(config.negatives)}  # fmt: skip
-        keeper = _BestKeeper(model, tokenizer, scorer, plan, out, meta)
+        extras = _CheckpointExtras(collator, meta)  # saves the processor (tokenizer + processor_config.json)
         trainer = Trainer(
             model,
             task,
@@ -452,10 +414,12 @@ def run_finetuning(
             info,
             run_config_yaml=yaml.safe_dump(to_dict(config), sort_keys=False),
             stage_name="finetune",
-            extra_save=keeper,
+            extra_save=extras,
             extra_meta={"task": "retrieval-finetune"},
+            evaluators=evaluators,
+            best_metric="val_rsum" if evaluators else None,
         )
-        keeper.trainer = trainer
+        extras.trainer = trainer
         if config.loss.itc > 0:
             model.config.itc_trained_steps = int(model.config.itc_trained_steps) + trainer.total_steps
         final = trainer.train(resume_from=resume)

@@ -2,6 +2,8 @@
 
 Layout of `checkpoint-00001000/`:
     config.json, model.safetensors     model.save_pretrained (safetensors)
+    processor_config.json, tokenizer*  the ImageBertProcessor (written by the task's save hook; from older
+                                       checkpoints' tokenizer files `load_processor` rebuilds it)
     trainer_state.pt                   optimizer, scheduler, grad scaler, step, data position (torch.save)
     rng_states.pt                      python / numpy / torch (+cuda) RNG states, one entry per rank
     meta.json                          step, stage, epoch, batch_in_epoch, world size, git revision, time
@@ -144,17 +146,29 @@ def write_checkpoint(
         (tmp / RUN_CONFIG).write_text(run_config_yaml, encoding="utf-8")
     meta = {**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    for f in tmp.iterdir():  # make the data durable before the rename publishes it
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        old = out_dir / f".old-{name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    return final
+    from imagebert.runtime.atomic import fsync_tree, replace_dir
+
+    fsync_tree(tmp)  # make the data durable before the rename publishes it
+    return replace_dir(tmp, final)  # the old folder goes aside as .old-<name>-<pid>, then is removed
+
+
+def load_processor(path: str | os.PathLike, config: Any = None) -> Any:
+    """The ImageBertProcessor of a checkpoint: the saved one, or (a checkpoint from before processors were
+    saved) one built from its config.json + tokenizer files. Sizes that disagree with `config` raise a
+    CheckpointError."""
+    from imagebert.modeling.processing import PROCESSOR_CONFIG, ImageBertProcessor
+
+    path = Path(path)
+    try:
+        processor = ImageBertProcessor.from_checkpoint(path, config)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the processor ({exc})", path=path / PROCESSOR_CONFIG) from None
+    if config is not None:
+        try:
+            processor.check_model(config)
+        except ValueError as exc:
+            raise CheckpointError(str(exc), path=path / PROCESSOR_CONFIG) from None
+    return processor
 
 
 def is_checkpoint(path: Path) -> bool:

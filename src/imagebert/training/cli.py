@@ -29,16 +29,21 @@ RESUME_IGNORED = ("out_dir", "training.device", "training.progress_bar", "traini
                   "training.tensorboard", "training.log_every")  # fmt: skip
 
 
+# Path settings given on the command line resolve against the working directory (docs/configuration.md).
+PRETRAIN_PATH_KEYS = ("init_from_bert", "init_from_checkpoint", "stages.*.datasets")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from imagebert.config_utils import add_config_file_arguments, defer_config_arguments
+
     p = subparsers.add_parser(
         "pretrain",
         help="multi-stage ImageBERT pre-training (MLM, MOC, MRFR, ITM); single process or under torchrun",
-        description="Pre-train ImageBERT from a YAML config (see configs/pretrain/). Run the same command under "
-        "`torchrun --nproc_per_node N -m imagebert pretrain ...` for DDP (gloo on CPU, NCCL on GPU).",
+        description="Pre-train ImageBERT from a YAML config (a file, or a shipped name such as pretrain/demo_cpu). "
+        "Run the same command under `torchrun --nproc_per_node N -m imagebert pretrain ...` for DDP (gloo on "
+        "CPU, NCCL on GPU). Every setting has a flag; `--set` reaches the rest (stages.0.steps=100, model.*).",
     )
-    p.add_argument("config", help="pretrain YAML (configs/pretrain/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set training.precision=bf16 --set stages.0.steps=100")  # fmt: skip
+    add_config_file_arguments(p, "pretrain", positional=True)
     again = p.add_mutually_exclusive_group()
     again.add_argument(
         "--resume", metavar="DIR", help="continue from a checkpoint folder, or the newest one in a run folder"
@@ -46,8 +51,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     again.add_argument(
         "--overwrite", action="store_true", help="delete an existing run folder at --out first"
     )
-    p.add_argument("--out", metavar="DIR", help="output folder (default: the config's out_dir)")
+    defer_config_arguments(
+        p, _pretrain_config, aliases={"out_dir": ["--out"], "training.num_threads": ["--threads"]}
+    )
     p.set_defaults(func=_run)
+
+
+def _pretrain_config() -> type:
+    from imagebert.tasks.pretraining import PretrainConfig
+
+    return PretrainConfig
+
+
+def command_overrides(args: argparse.Namespace, cls: type, path_keys: tuple[str, ...]) -> list[str]:
+    """Generated flags + `--set` of a training command, command-line paths made absolute against the cwd."""
+    from imagebert.config_utils import absolutize_overrides, cli_overrides
+
+    return absolutize_overrides(cli_overrides(args, cls), path_keys)
 
 
 def check_trainer_settings(training: Any, prefix: str = "training") -> None:
@@ -112,23 +132,24 @@ def prepare_run(
 
 def _run(args: argparse.Namespace) -> int:
     from imagebert.cli import CliError
-    from imagebert.config_utils import ConfigError, to_dict
-    from imagebert.errors import InputError
-    from imagebert.tasks.pretraining import load_pretrain_config, run_pretraining
+    from imagebert.config_utils import config_argument, resolve_config_path, to_dict
+    from imagebert.runtime.threads import apply_threads
+    from imagebert.tasks.pretraining import PretrainConfig, load_pretrain_config, run_pretraining
     from imagebert.training.trainer import NonFiniteLossError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     lock = None
     try:
-        config = load_pretrain_config(args.config, args.overrides)
+        path = config_argument(args)
+        path = resolve_config_path(path, "pretrain") if path else None
+        config = load_pretrain_config(path, command_overrides(args, PretrainConfig, PRETRAIN_PATH_KEYS))
         check_trainer_settings(config.training)
-        out = args.out or config.out_dir
+        apply_threads(config.training.num_threads)  # before any data is read (the trainer keeps it)
+        out = config.out_dir
         lock, _found = prepare_run(out, resume=args.resume, overwrite=args.overwrite, config_dict=to_dict(config),
                            refused=PRETRAIN_RESUME_REFUSED)  # fmt: skip
         final = run_pretraining(config, out_dir=out, resume=args.resume)
-    except (ConfigError, InputError, FileNotFoundError) as exc:
-        raise CliError(str(exc)) from exc
-    except NonFiniteLossError as exc:
+    except (FileNotFoundError, NonFiniteLossError) as exc:
         raise CliError(str(exc)) from exc
     finally:
         if lock is not None:

@@ -1,7 +1,12 @@
-"""The generic training loop: optimisation, precision, DDP, checkpoints, logging and NaN stops.
+"""The generic training loop: optimisation, precision, DDP, checkpoints, logging, NaN stops and evaluation hooks.
 
 What is trained is left to a `TrainTask` (batch builder + loss), so pre-training and retrieval fine-tuning share
-this loop. Reproducibility rests on three rules:
+this loop. The task's whole loss runs inside one module's forward (`TaskLoss`), and that module is what DDP wraps:
+every model call a loss makes (pair scores, contrastive single-modality passes, mining) is then inside the
+synchronised forward, so no loss has to be refused under multi-process training. What the run is judged by is left
+to evaluation callbacks (`Evaluator`): called every `evaluate_every` steps (or with every checkpoint), their
+metrics are logged and one of them (`best_metric`) can keep the best state in `out_dir/best`.
+Reproducibility rests on three rules:
   * every batch is built by `task.build_batch(items, generator)` with a generator seeded from
     (seed, epoch, global batch index), so masks and negatives never depend on what ran before;
   * the data order is a pure function of (seed, epoch, world size) (`ShardedBatchSampler`);
@@ -25,8 +30,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from imagebert.runtime.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+)
+from imagebert.runtime.modes import eval_mode, preserve_modes
+from imagebert.runtime.precision import autocast, resolve_precision
 from imagebert.training import checkpoint as ckpt
-from imagebert.training.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier
 from imagebert.training.health import ChanceMonitor
 from imagebert.training.optim import build_optimizer, build_scheduler
 from imagebert.training.sampler import ShardedBatchSampler
@@ -65,11 +78,14 @@ class TrainerConfig:
     progress_bar: bool = True
     ddp_find_unused_parameters: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms (GPU kernels); CPU is deterministic
-    num_threads: int | None = None  # torch intra-op threads; None = torch's default
+    num_threads: int | str | None = "auto"  # torch intra-op threads: N, or auto (imagebert.runtime.threads)
     # Learning health: warn when a task's mean loss over this many steps is still within `chance_tolerance`
     # (relative) of its chance level (tasks that declare one, e.g. ITM at ln 2). 0 turns the check off.
     chance_warning_steps: int = 100
     chance_tolerance: float = 0.03
+    # Evaluation callbacks (given to the Trainer by the task's driver) run every this many optimizer steps and at
+    # the end; 0 = with every checkpoint (periodic and final).
+    evaluate_every: int = 0
 
     def validate(self, prefix: str = "training") -> None:
         from imagebert.config_utils import ConfigError
@@ -89,10 +105,17 @@ class TrainerConfig:
             raise ConfigError(f"{prefix}.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
         if len(self.adam_betas) != 2:
             raise ConfigError(f"{prefix}.adam_betas must have two values")
+        if self.evaluate_every < 0:
+            raise ConfigError(
+                f"{prefix}.evaluate_every must be >= 0 (0 = with each checkpoint), got {self.evaluate_every}"
+            )
         if self.chance_warning_steps < 0:
             raise ConfigError(f"{prefix}.chance_warning_steps must be >= 0, got {self.chance_warning_steps}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"{prefix}.precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        from imagebert.runtime.threads import parse_threads
+
+        parse_threads(self.num_threads, f"{prefix}.num_threads")
 
 
 class TrainTask(Protocol):
@@ -105,6 +128,33 @@ class TrainTask(Protocol):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and named parts (for logging and for naming the culprit of a NaN)."""
         ...
+
+
+class Evaluator(Protocol):
+    """An evaluation callback: metrics of `model` (the unwrapped model, in eval mode) after optimizer step `step`.
+
+    Runs on rank 0 only unless it has a true `all_ranks` attribute; the returned numbers are broadcast, logged to
+    metrics.jsonl / TensorBoard (as an `"event": "evaluation"` record) and stored in the checkpoint written at
+    that step. RNG state and train/eval modes are restored afterwards, so evaluation never changes the run.
+    """
+
+    def __call__(self, model: nn.Module, step: int) -> dict[str, Any]: ...
+
+
+class TaskLoss(nn.Module):
+    """The model plus the task's loss as one module, so DDP wraps (and synchronises) the full loss computation.
+
+    `forward(batch)` returns `task.compute_loss(model, batch)`; the task gets the bare model and may call it as
+    often as it needs (pair scores, single-modality passes, mining without gradients) inside this one forward.
+    """
+
+    def __init__(self, model: nn.Module, task: TrainTask) -> None:
+        super().__init__()
+        self.model = model
+        self._task = task  # not a module: holds no parameters
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self._task.compute_loss(self.model, batch)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -158,6 +208,9 @@ class Trainer:
 
     out_dir receives checkpoints (`checkpoint-NNNNNNNN/`, `final/`), `metrics.jsonl` and `tb/`.
     `stage_index`/`stage_name` are bookkeeping for multi-stage runs; `extra_meta` goes into every checkpoint.
+    `evaluators` are evaluation callbacks (see `Evaluator`); with `best_metric` (a key one of them returns) the
+    state with the best value (`best_mode` "max" or "min") is saved as `out_dir/best`, and a resumed run must
+    beat the value stored there.
     """
 
     def __init__(
@@ -175,6 +228,9 @@ class Trainer:
         stage_name: str = "train",
         extra_save: Callable[[Path], None] | None = None,
         extra_meta: dict[str, Any] | None = None,
+        evaluators: Sequence[Evaluator] = (),
+        best_metric: str | None = None,
+        best_mode: Literal["max", "min"] = "max",
     ) -> None:
         config.validate()
         if config.checkpoint_every < 0:  # the CLIs check it too; this guards the Python API
@@ -194,23 +250,36 @@ class Trainer:
         self.stage_name = stage_name
         self.extra_save = extra_save
         self.extra_meta = extra_meta or {}
+        self.evaluators = list(evaluators)
+        if best_metric is not None and not self.evaluators:
+            raise ValueError("best_metric needs at least one evaluator")
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        self.best_value: float | None = None
+        self.last_metrics: dict[str, Any] = {}  # of the latest evaluation (checkpoint hooks may read it)
+        self._metrics_step: int | None = None
         if config.precision == "fp16" and self.device.type != "cuda":
             from imagebert.config_utils import ConfigError
 
             raise ConfigError("training.precision: fp16 needs a GPU (use bf16 on CPU)")
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
-        if config.num_threads is not None:
-            torch.set_num_threads(max(1, config.num_threads))
+        from imagebert.runtime.threads import apply_threads
+
+        apply_threads(config.num_threads)
 
         self.model = model.to(self.device)
+        self.loss_module = TaskLoss(self.model, task)
         if self.dist.distributed:
             kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
             self.wrapped: nn.Module = nn.parallel.DistributedDataParallel(
-                self.model, find_unused_parameters=config.ddp_find_unused_parameters, **kwargs
+                self.loss_module, find_unused_parameters=config.ddp_find_unused_parameters, **kwargs
             )
         else:
-            self.wrapped = self.model
+            self.wrapped = self.loss_module
+        self._autocast_dtype = resolve_precision(config.precision, self.device)
 
         self.sampler = ShardedBatchSampler(
             len(dataset),
@@ -277,7 +346,6 @@ class Trainer:
         reason: str = "periodic",
     ) -> Path:
         """Collective: every rank contributes its RNG state; rank 0 writes the folder atomically."""
-        was_training = self.model.training  # extra_save hooks (e.g. validation) may switch to eval mode
         current = ckpt.capture_rng_state()
         rng_states = all_gather_object(self.dist, rng_state or current)
         state = trainer_state or self._trainer_state()
@@ -296,22 +364,26 @@ class Trainer:
                 "reason": reason,
                 **self.extra_meta,
             }
-            ckpt.write_checkpoint(
-                self.out_dir,
-                name,
-                model=self.model,
-                trainer_state=state,
-                rng_states=rng_states,
-                meta=meta,
-                run_config_yaml=self.run_config_yaml,
-                extra_save=self.extra_save,
-            )
+            if self.last_metrics and self._metrics_step == state["step"]:
+                meta["metrics"] = _jsonable(self.last_metrics)
+            if reason == "best":
+                meta["best_metric"], meta["best_value"] = self.best_metric, self.best_value
+            with preserve_modes(self.model):  # extra_save hooks may switch to eval mode
+                ckpt.write_checkpoint(
+                    self.out_dir,
+                    name,
+                    model=self.model,
+                    trainer_state=state,
+                    rng_states=rng_states,
+                    meta=meta,
+                    run_config_yaml=self.run_config_yaml,
+                    extra_save=self.extra_save,
+                )
             if not final and reason == "periodic":
                 ckpt.prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
         barrier(self.dist)
-        # saving must not perturb the run: undo any RNG use and mode switch by the hooks
+        # saving must not perturb the run: undo any RNG use (mode switches are undone by preserve_modes)
         ckpt.restore_rng_state(current)
-        self.wrapped.train(was_training)
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -369,10 +441,58 @@ class Trainer:
             epoch, start = epoch + 1, 0
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, self._autocast_dtype)
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, Any]:
+        """Run every evaluator now (collective): metrics, logged; the best state is saved when it improved."""
+        if not self.evaluators:
+            return {}
+        rng = ckpt.capture_rng_state()
+        metrics: dict[str, Any] = {}
+        with eval_mode(self.model), torch.no_grad():
+            for evaluator in self.evaluators:
+                if self.dist.is_main or getattr(evaluator, "all_ranks", False):
+                    metrics.update(evaluator(self.model, self.step))
+        ckpt.restore_rng_state(rng)  # evaluation must not perturb the run (dropout draws, batch seeds)
+        metrics = broadcast_object(self.dist, metrics)
+        self.last_metrics, self._metrics_step = metrics, self.step
+        self._log({"stage": self.stage_name, "step": self.step, "event": "evaluation", **_jsonable(metrics)})
+        return metrics
+
+    def _improved(self, metrics: dict[str, Any]) -> bool:
+        if self.best_metric is None:
+            return False
+        if self.best_metric not in metrics:
+            raise KeyError(
+                f"best_metric {self.best_metric!r} is not among the evaluation metrics {sorted(metrics)}"
+            )
+        value = float(metrics[self.best_metric])
+        if not math.isfinite(value):
+            return False
+        better = (
+            self.best_value is None
+            or (self.best_mode == "max" and value > self.best_value)
+            or (self.best_mode == "min" and value < self.best_value)
+        )
+        if better:
+            self.best_value = value
+        return better
+
+    def _load_best_value(self) -> None:
+        """A resumed run keeps a new best only if it beats the one already in `out_dir/best`."""
+        meta = self.out_dir / "best" / ckpt.META
+        if self.best_metric is None or not meta.is_file():
+            return
+        stored = json.loads(meta.read_text(encoding="utf-8"))
+        if stored.get("best_metric") == self.best_metric and stored.get("best_value") is not None:
+            self.best_value = float(stored["best_value"])
+
+    def _evaluation_due(self) -> bool:
+        every = self.config.evaluate_every
+        if every > 0:
+            return self.step % every == 0
+        return bool(self.config.checkpoint_every) and self.step % self.config.checkpoint_every == 0
 
     # ----------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -380,11 +500,17 @@ class Trainer:
             return
         with open(self.metrics_file, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self.config.tensorboard:
-            if self._writer is None:
+        if self.config.tensorboard and self._writer is None and not getattr(self, "_no_tensorboard", False):
+            try:  # tensorboard is optional: metrics.jsonl always has the same numbers
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._writer = SummaryWriter(str(self.out_dir / "tb"))
+            except ImportError:
+                log.info(
+                    "tensorboard is not installed: logging to metrics.jsonl only (pip install tensorboard)"
+                )
+                self._no_tensorboard = True
+        if self._writer is not None:
             for key, value in record.items():
                 if isinstance(value, int | float) and key not in ("step", "epoch"):
                     self._writer.add_scalar(f"{self.stage_name}/{key}", value, record["step"])
@@ -399,6 +525,7 @@ class Trainer:
             ckpt.remove_stale_temporaries(self.out_dir)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+        self._load_best_value()
         cfg = self.config
         self.wrapped.train()
         batches = self._micro_batches()
@@ -428,7 +555,7 @@ class Trainer:
                     ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
                     with ctx:
                         with self._autocast():
-                            loss, parts = self.task.compute_loss(self.wrapped, batch)
+                            loss, parts = self.wrapped(batch)
                         values = {n: float(p.detach().float()) for n, p in parts.items() if p is not None}
                         self._check_finite(loss, values, good_rng, good_position)
                         scaled = loss.float() / cfg.grad_accum_steps
@@ -493,21 +620,26 @@ class Trainer:
                     t_last, samples_since, steps_since, sums = time.perf_counter(), 0, 0, {}
                 bar.update(1)
 
-                if (
-                    cfg.checkpoint_every
-                    and self.step % cfg.checkpoint_every == 0
-                    and self.step < self.total_steps
-                ):
-                    self.save_checkpoint(ckpt.checkpoint_name(self.step))
+                if self.step < self.total_steps:
+                    improved = False
+                    if self.evaluators and self._evaluation_due():
+                        improved = self._improved(self.evaluate())
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint(ckpt.checkpoint_name(self.step))
+                    if improved:
+                        self.save_checkpoint("best", reason="best")
         finally:
             bar.close()
             if self._writer is not None:
                 self._writer.flush()
         if self.dist.is_main and self.health.chance:
             self.health.write(self.out_dir / "health.json")
+        improved = bool(self.evaluators) and self._improved(self.evaluate())
         checksums = self._replica_checksums()
         self.extra_meta = {**self.extra_meta, "replica_checksums": checksums}
         final = self.save_checkpoint("final", final=True, reason="final")
+        if improved:
+            self.save_checkpoint("best", reason="best")
         if len(set(checksums)) > 1:
             raise RuntimeError(f"replicas diverged: parameter checksums per rank {checksums}")
         if self._writer is not None:
@@ -594,6 +726,19 @@ class Trainer:
         with torch.no_grad():
             total = sum(float(p.detach().double().sum()) for p in self.model.parameters())
         return all_gather_object(self.dist, total)
+
+
+def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation metrics as JSON values (numpy/torch scalars become floats; anything else its string)."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool | int | float | str) or value is None:
+            out[key] = value
+        elif hasattr(value, "item"):
+            out[key] = value.item()
+        else:
+            out[key] = str(value)
+    return out
 
 
 def _metric_name(part: str) -> str:

@@ -1,0 +1,93 @@
+"""bf16-resident scoring weights on a trained checkpoint: the speed they buy and the recall they cost.
+
+Evaluates the checkpoint's split exhaustively with `EvalOptions(weights="fp32")` (bf16 autocast over fp32
+weights, the default) and `EvalOptions(weights="bf16")` (a bf16 copy of the encoder resident, fp32 score head),
+interleaved, one intra-op thread, process CPU time and wall time, no score cache. The recall columns decide
+whether the setting may become a default: the recipe's numerics stay unless a change is measured not to hurt.
+
+    .venv/bin/python -m benchmarks.bench_resident_weights --checkpoint /work/demo_out/finetune/best \\
+        --dataset /work/demo_out/dataset.yaml --out benchmarks/results/resident_weights.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from benchmarks.timing import command_line, fmt_spread, machine_line, one_thread, spread, timed
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="/work/demo_out/finetune/best")
+    ap.add_argument("--dataset", default="/work/demo_out/dataset.yaml")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    from imagebert.data import dataset as data_mod
+    from imagebert.retrieval.evaluate import (
+        EvalOptions,
+        evaluate_gallery,
+        gallery_from_dataset,
+        load_retrieval_model,
+    )
+
+    if not (Path(args.checkpoint) / "config.json").is_file():
+        print(f"bench_resident_weights: no checkpoint at {args.checkpoint}", file=sys.stderr)
+        return 2
+    one_thread()
+    model, collator = load_retrieval_model(args.checkpoint)
+    ds = data_mod.PairDataset(data_mod.load_dataset_spec(args.dataset), split=args.split)
+    gallery = gallery_from_dataset(ds)
+    rows: dict[str, dict] = {w: {"cpu": [], "wall": []} for w in ("fp32", "bf16")}
+    for rnd in range(args.reps):
+        for w in rows:
+            opts = EvalOptions(mode="exhaustive", precision="bf16", weights=w, progress=False)
+            cpu, wall, res = timed(lambda o=opts: evaluate_gallery(model, collator, gallery, "flickr1k", o))
+            r = res["flickr1k"]["exhaustive"]
+            rows[w]["cpu"].append(cpu)
+            rows[w]["wall"].append(wall)
+            rows[w]["ir"], rows[w]["tr"] = r["image_retrieval"], r["text_retrieval"]
+            print(f"[resident] round {rnd + 1} weights={w}: {cpu:.1f} CPU-s, IR R@1 {r['image_retrieval']['R@1']:.2f}"
+                  f", TR R@1 {r['text_retrieval']['R@1']:.2f}", file=sys.stderr, flush=True)  # fmt: skip
+    ratios = [a / b for a, b in zip(rows["fp32"]["cpu"], rows["bf16"]["cpu"], strict=True)]
+    lines = [
+        "# bf16-resident scoring weights on the demo checkpoint",
+        "",
+        command_line("benchmarks.bench_resident_weights", argv),
+        "",
+        machine_line(),
+        "",
+        "Written by `benchmarks/bench_resident_weights.py` (do not edit by hand). Exhaustive evaluation "
+        f"(`evaluate_gallery`, bf16 autocast, batch 128, fp32 score head) of `{args.checkpoint}` split "
+        f"`{args.split}` ({gallery.num_captions} captions x {gallery.num_images} images), interleaved, one thread.",
+        "",
+        "| weights | reps | CPU s | spread | wall s | IR R@1 / R@5 / R@10 | TR R@1 / R@5 / R@10 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for w, r in rows.items():
+        ir, tr = r["ir"], r["tr"]
+        lines.append(
+            f"| {w} | {len(r['cpu'])} | {statistics.median(r['cpu']):.1f} | {fmt_spread(spread(r['cpu']))} | "
+            f"{statistics.median(r['wall']):.1f} | {ir['R@1']:.2f} / {ir['R@5']:.2f} / {ir['R@10']:.2f} | "
+            f"{tr['R@1']:.2f} / {tr['R@5']:.2f} / {tr['R@10']:.2f} |"
+        )
+    lines += ["", f"Speed-up of bf16-resident weights (CPU time, per round): {statistics.median(ratios):.3f}x "
+              f"(spread {fmt_spread(spread(ratios))})."]  # fmt: skip
+    page = "\n".join(lines) + "\n"
+    print(page)
+    if args.out:
+        Path(args.out).write_text(page, encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""Interleaved A/B timing with process CPU time and wall time, and the machine line every result file carries.
+
+Why this shape: on a shared 2-core VM, wall time of a multi-threaded step swings 5x with other people's load,
+while one intra-op thread's process CPU time stays within about 1%. So every setting is timed A, B, C, A, B, C,
+..., each repetition records both clocks, repetitions continue until the CPU-time spread of every setting is under
+the target (or a cap is reached), and ratios are taken per round (A_r / B_r) so that a slow round hits both sides.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+MACHINE_DESCRIPTION = "2-core CPU VM, 24 GiB, no GPU"
+
+
+def one_thread() -> None:
+    """One intra-op thread (the measuring convention of every benchmark here)."""
+    torch.set_num_threads(1)
+
+
+def machine_line() -> str:
+    """The `Machine:` line a results file must carry (the collector refuses a file without one)."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    desc = MACHINE_DESCRIPTION if gpu == "no GPU" else f"{os.cpu_count()}-CPU machine, {gpu}"
+    return (
+        f"Machine: {desc} ({platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op thread(s), {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f})"
+    )
+
+
+def command_line(module: str, argv: list[str] | None = None) -> str:
+    """The `Command:` line of a results file: how to reproduce it."""
+    args = sys.argv[1:] if argv is None else argv
+    return "Command: `" + " ".join([".venv/bin/python", "-m", module, *args]) + "`"
+
+
+def cpu_seconds() -> float:
+    """Process CPU time (user + system, all threads), from getrusage (the same clock as time.process_time)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(process CPU seconds, wall seconds, result) of one call."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.process_time() - c0, time.perf_counter() - w0, out
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median: the whole range of the repetitions, relative."""
+    if len(values) < 2:
+        return float("inf")
+    med = statistics.median(values)
+    return (max(values) - min(values)) / med if med > 0 else float("inf")
+
+
+@dataclass
+class Series:
+    """The repetitions of one setting, and whatever its step reported (FLOPs, scored positions)."""
+
+    name: str
+    cpu: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cpu_s(self) -> float:
+        return float(statistics.median(self.cpu))
+
+    @property
+    def wall_s(self) -> float:
+        return float(statistics.median(self.wall))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "reps": len(self.cpu),
+            "cpu_s": self.cpu_s,
+            "wall_s": self.wall_s,
+            "cpu_spread": spread(self.cpu),
+            "wall_spread": spread(self.wall),
+            "cpu_all": list(self.cpu),
+            "wall_all": list(self.wall),
+            **self.info,
+        }
+
+
+def run_interleaved(
+    settings: dict[str, Callable[[], dict[str, Any] | None]],
+    *,
+    warmup: int = 1,
+    min_reps: int = 3,
+    max_reps: int = 8,
+    target_spread: float = 0.05,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Series]:
+    """Warm every setting up, then time them round-robin until every CPU-time spread is under `target_spread`
+    (after at least `min_reps` rounds) or `max_reps` rounds are done. A step may return a dict of facts about its
+    work (kept from its last repetition)."""
+    for fn in settings.values():
+        for _ in range(warmup):
+            fn()
+    series = {name: Series(name) for name in settings}
+    for rnd in range(max_reps):
+        for name, fn in settings.items():
+            c, w, info = timed(fn)
+            s = series[name]
+            s.cpu.append(c)
+            s.wall.append(w)
+            if isinstance(info, dict):
+                s.info.update(info)
+        if log is not None:
+            log(f"round {rnd + 1}: " + ", ".join(f"{n} {s.cpu[-1]:.2f}s" for n, s in series.items()))
+        if rnd + 1 >= min_reps and all(spread(s.cpu) < target_spread for s in series.values()):
+            break
+    return series
+
+
+def paired_ratio(num: Series, den: Series, clock: str = "cpu") -> dict[str, float]:
+    """num/den time ratio per round (same round = same load), its median and spread. A ratio > 1 means the
+    `num` setting takes longer, i.e. `den` is that many times faster."""
+    a, b = getattr(num, clock), getattr(den, clock)
+    ratios = [x / y for x, y in zip(a, b, strict=False)]
+    return {"median": float(statistics.median(ratios)), "spread": spread(ratios), "min": min(ratios),
+            "max": max(ratios)}  # fmt: skip
+
+
+def fmt_spread(x: float) -> str:
+    return "n/a" if x == float("inf") else f"{100 * x:.1f}%"
