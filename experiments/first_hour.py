@@ -82,14 +82,14 @@ STEPS = [
         "The shipped CPU recipe (`imagebert config show pretrain/demo_cpu`), starting from the shipped MiniLM "
         "text encoder. The feature width (2048) and the class count are read from the store; threads are "
         "chosen from the cores this process may use. Watch `itm_acc` leave 0.5 in the progress bar.",
-        "imagebert pretrain configs/pretrain/demo_cpu.yaml --out runs/pretrain "
+        "imagebert pretrain pretrain/demo_cpu --out runs/pretrain "
         "--set 'stages.0.datasets=[mydata/dataset.yaml]'",
     ),
     Step(
         "4. Fine-tune for retrieval",
         "BCE over each positive and its sampled negatives both ways (paper section 4.4), validated on every "
         "pair of a fixed set of validation images; the best checkpoint is kept in `runs/finetune/best`.",
-        "imagebert finetune configs/finetune/demo_cpu.yaml --out runs/finetune "
+        "imagebert finetune finetune/demo_cpu --out runs/finetune "
         "--set dataset=mydata/dataset.yaml --set init_checkpoint=runs/pretrain/1-demo/final",
     ),
     Step(
@@ -111,8 +111,8 @@ STEPS = [
         "7. Serve it and search",
         f"The HTTP service (a page at http://127.0.0.1:{PORT}/ and a JSON API); the query below asks for the "
         "images that best match a caption, re-ranked by the cross-encoder.",
-        f"(imagebert serve runs/index --port {PORT} > serve.log 2>&1 &) && "
-        f"until curl -sf http://127.0.0.1:{PORT}/health > /dev/null; do sleep 1; done && "
+        f"(imagebert serve runs/index --checkpoint runs/finetune/best --port {PORT} > serve.log 2>&1 &) && "
+        f"for i in $(seq 120); do curl -sf http://127.0.0.1:{PORT}/health > /dev/null && break; sleep 1; done && "
         f"curl -s -X POST http://127.0.0.1:{PORT}/search/images -H 'content-type: application/json' "
         '-d \'{"query": "a red circle to the left of a blue square", "top_k": 3}\'',
         keep_lines=3,
@@ -140,7 +140,10 @@ def _stop_server() -> None:
             pass
     except OSError:
         return
-    subprocess.run(["pkill", "-f", f"imagebert serve runs/index --port {PORT}"], check=False)
+    subprocess.run(
+        ["pkill", "-f", f"imagebert serve runs/index --checkpoint runs/finetune/best --port {PORT}"],
+        check=False,
+    )
 
 
 def _shorten(output: str, keep: int, workdir: Path) -> str:
@@ -154,8 +157,6 @@ def run(workdir: Path) -> list[tuple[Step, float, str]]:
     env = dict(os.environ)
     env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="0")
-    if (REPO / "configs").exists() and not (workdir / "configs").exists():
-        (workdir / "configs").symlink_to(REPO / "src" / "imagebert" / "configs")
     done = []
     try:
         for step in STEPS:
@@ -188,8 +189,8 @@ def write_guide(results: list[tuple[Step, float, str]], machine: str) -> None:
         f"Machine: {machine}. Total: {total / 60:.1f} min.",
         "",
         "Set-up, once, from a clone: `make test` (or `make demo`) creates `.venv`; then "
-        "`source .venv/bin/activate` and work in any folder. `configs/` below are the shipped configs (in a "
-        "plain install use the names `pretrain/demo_cpu` and `finetune/demo_cpu`, see `imagebert config list`).",
+        "`source .venv/bin/activate` and work in any folder. `pretrain/demo_cpu` and `finetune/demo_cpu` are "
+        "configs shipped inside the package (`imagebert config list`; copy one with `imagebert config show NAME`).",
         "",
     ]
     for step, seconds, output in results:
