@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.timing import command_line, fmt_spread, machine_line, one_thread, spread
+from benchmarks.timing import command_line, fmt_spread, machine_line, one_thread, spread, write_outputs
 
 
 def _children_cpu() -> float:
@@ -143,11 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     report = measure(args.checkpoint, args.dataset, split=args.split, ks=args.k, reps=args.reps, extra=args.extra,
                      log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
     page = to_markdown(report, argv)
-    print(page)
-    if args.out:
-        Path(args.out).write_text(page, encoding="utf-8")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    write_outputs(page, report, args.out, args.json)
     return 0
 
 

@@ -12,12 +12,11 @@ whether the setting may become a default: the recipe's numerics stay unless a ch
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.timing import command_line, fmt_spread, machine_line, one_thread, spread, timed
+from benchmarks.timing import command_line, fmt_spread, machine_line, one_thread, spread, timed, write_outputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Speed-up of bf16-resident weights (CPU time, per round): {statistics.median(ratios):.3f}x "
               f"(spread {fmt_spread(spread(ratios))})."]  # fmt: skip
     page = "\n".join(lines) + "\n"
-    print(page)
-    if args.out:
-        Path(args.out).write_text(page, encoding="utf-8")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    write_outputs(page, rows, args.out, args.json)
     return 0
 
 

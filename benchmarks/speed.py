@@ -19,7 +19,6 @@ spread printed (benchmarks/timing.py):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import paired_ratio, run_interleaved
+from benchmarks.timing import paired_ratio, run_interleaved, write_outputs
 from imagebert.data.types import RegionRecord
 
 WORDS = [
@@ -851,11 +850,7 @@ def main(argv: list[str] | None = None) -> int:
                      warmup=args.warmup, score_pairs=args.score_pairs, store_records=20 if args.quick else 100,
                      parts=parts, target_spread=args.target_spread)  # fmt: skip
     page = results_page(report, argv)
-    print(page)
-    if args.out:
-        Path(args.out).write_text(page, encoding="utf-8")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    write_outputs(page, report, args.out, args.json)
     return 0
 
 

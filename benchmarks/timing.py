@@ -138,3 +138,16 @@ def paired_ratio(num: Series, den: Series, clock: str = "cpu") -> dict[str, floa
 
 def fmt_spread(x: float) -> str:
     return "n/a" if x == float("inf") else f"{100 * x:.1f}%"
+
+
+def write_outputs(page: str, report: Any, out: str | None, json_path: str | None) -> None:
+    """Print the results page, and write it and the raw report where asked: the one output path every
+    benchmark script shares, so a results file is always exactly what was printed."""
+    import json
+    from pathlib import Path
+
+    print(page)
+    if out:
+        Path(out).write_text(page, encoding="utf-8")
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1))
