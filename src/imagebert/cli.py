@@ -4,8 +4,8 @@ An area module exposes `register(subparsers)`; it adds its parsers and sets `fun
 taking the parsed `argparse.Namespace` and returning an exit code. Areas are imported lazily so that a broken
 optional dependency in one area does not take the whole CLI down.
 
-User errors (CliError, ConfigError, InputError, a missing optional package) are caught here, once: one line on
-stderr naming the file or field, exit code 2. Every command also takes `--threads N|auto`, applied before it runs.
+User errors (CliError, ConfigError, InputError, a missing/existing/unreadable path, a missing optional package) are
+caught here, once: one line on stderr naming the file or field, exit code 2; commands raise them plainly. Every command also takes `--threads N|auto`, applied before it runs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ AREAS = (
 
 class CliError(Exception):
     """An error meant for the user: printed without a traceback, exit code 2."""
+
+
+# A path the user named that is missing, already there, or not readable: reported like CliError, so commands raise
+# them plainly (generic ValueError/KeyError/OSError stay tracebacks: they are bugs until a command says otherwise).
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 # optional top-level packages -> the install extra that brings them (pyproject.toml [project.optional-dependencies])
@@ -165,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         CliError,
         InputError,
         ConfigError,
+        *USER_OS_ERRORS,
     ) as exc:  # user errors: one line, exit 2 (a traceback is for bugs)
         print(f"imagebert {args.command}: error: {exc}", file=sys.stderr)
         return 2

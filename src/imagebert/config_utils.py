@@ -7,8 +7,9 @@ Every command goes through this module, so the same rules hold everywhere (docs/
     generated flags < `--set a.b=value`;
   * paths written in a YAML file resolve against that file's folder, paths given on the command line against the
     working directory (output folders such as `out_dir` are always relative to the working directory);
-  * validation is one `validate()` method on the top-level dataclass, called by the loader; a typo in a key is an
-    error (ConfigError naming the file and the key) before any work starts.
+  * validation is one `validate()` method on each config dataclass (the top level and any nested section), called
+    by the loader (`validate_sections`); a dataclass users build directly also calls it from `__post_init__`. A typo
+    in a key or a bad value is an error (ConfigError naming the file and the key) before any work starts.
 """
 
 from __future__ import annotations
@@ -224,7 +225,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
     """Read YAML `path` (or start empty), resolve its path fields against its folder, apply overrides, build `cls`
-    and call its `validate()` (when it has one). Errors name the file and the key."""
+    and call the `validate()` of each nested section and of `cls` (`validate_sections`). Errors name the file and
+    the key."""
     if path is not None:
         path = resolve_config_path(path)
     data = read_yaml(path) if path is not None else {}
@@ -233,14 +235,36 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     data = apply_overrides(data, overrides)
     try:
         obj = from_dict(cls, data)
-        validate = getattr(obj, "validate", None)
-        if callable(validate) and not inspect.signature(validate).parameters:
-            validate()
+        validate_sections(obj)
         return obj
     except ConfigError as exc:
         if path is not None and not str(exc).startswith(f"{path}:"):
             raise ConfigError(f"{path}: {exc}") from exc
         raise
+
+
+def _sections(obj: Any) -> Iterable[Any]:
+    """The dataclass instances inside `obj` (fields, list items, mapping values), deepest first."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, dict):
+            value = list(value.values())
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                yield from _sections(item)
+                yield item
+
+
+def validate_sections(obj: Any) -> None:
+    """Call the zero-argument `validate()` of every nested section (deepest first), then of `obj` itself.
+
+    A `validate` with parameters (e.g. `PretrainConfig.validate(check_paths=...)`, `TrainerConfig.validate(
+    prefix)`) is left to the config's own loader or parent, which knows the arguments."""
+    for item in [*_sections(obj), obj]:
+        validate = getattr(item, "validate", None)
+        if callable(validate) and not inspect.signature(validate).parameters:
+            validate()
 
 
 # Backwards-friendly aliases used in the conventions doc.

@@ -192,7 +192,9 @@ def test_tasks_can_be_switched_off_and_weighted(tiny_bert_path, tokenizer):
     model.tasks = PretrainingTasks(moc=False, mlm_weight=2.0)
     out = model(**batch, itm_labels=torch.ones(4))
     assert out.moc_loss is None
-    torch.testing.assert_close(out.loss, 2 * out.mlm_loss + out.mrfr_loss + out.itm_loss)
+    torch.testing.assert_close(
+        out.loss, 2 * out.mlm_loss + out.mrfr_loss + 4.0 * out.itm_loss
+    )  # ITM: 4 by default
 
 
 def test_save_and_load_round_trip_is_identical(tiny_bert_path, tokenizer, tmp_path):

@@ -126,3 +126,53 @@ def test_mining_switches_on_at_the_configured_step(tmp_path, tiny_model_and_coll
 
     Trainer(fresh, task, Indices(), cfg, tmp_path / "run").train()
     assert mined_at == [3, 4, 5]
+
+
+def test_positive_aware_mining_skips_candidates_scoring_near_the_positive(tiny_model_and_collator):
+    """With false_negative_margin, a wrong candidate scoring above (positive - margin) is never mined, and
+    hard_fraction keeps the rest of the negatives random but still wrong."""
+    from imagebert.training.pairs import InMemoryPairDataset
+
+    _, collator = tiny_model_and_collator
+    records, captions = make_records(20, seed=3)
+    ds = InMemoryPairDataset(captions, records)
+    neg = NegativesConfig(num_negatives=3, pool_size=10, hard=True, false_negative_margin=0.0)
+    task = RetrievalTask(ds, collator, neg, LossConfig())
+    batch = task.build_batch([0, 7, 33, 61], torch.Generator().manual_seed(5))
+    b = 4
+    feats = batch["region_features"][:, 0, 0]
+    tok = batch["input_ids"][:, 1].float() * 0.001
+    neg_img, _ = task.mine(_KnownScorer(), batch)
+    for r in range(b):
+        positive = float(feats[r] + tok[r])
+        s_img = feats[b:] + tok[r]
+        wrong = batch["img_wrong"][r]
+        eligible = [
+            j for j in torch.argsort(-s_img, stable=True).tolist() if wrong[j] and s_img[j] <= positive
+        ]
+        if len(eligible) >= 3:  # rows with too few eligible fall back to every wrong candidate
+            assert neg_img[r].tolist() == eligible[:3]
+            assert all(float(s_img[j]) <= positive for j in neg_img[r].tolist())
+
+    mixed = RetrievalTask(ds, collator, NegativesConfig(num_negatives=3, pool_size=10, hard=True,
+                                                        hard_fraction=0.34), LossConfig())  # fmt: skip
+    neg_img, neg_cap = mixed.mine(_KnownScorer(), batch)
+    for r in range(b):
+        s_img = feats[b:] + tok[r]
+        wrong = batch["img_wrong"][r]
+        best = [j for j in torch.argsort(-s_img, stable=True).tolist() if wrong[j]][0]
+        assert neg_img[r, 0].item() == best  # one mined (the hardest) ...
+        assert len(set(neg_img[r].tolist())) == 3 and bool(
+            wrong[neg_img[r]].all()
+        )  # ... two random, distinct
+        assert bool(batch["cap_wrong"][r][neg_cap[r]].all())
+
+
+def test_hard_fraction_is_validated():
+    from imagebert.config_utils import ConfigError
+    from imagebert.tasks.retrieval import FinetuneConfig, validate_config
+
+    cfg = FinetuneConfig()
+    cfg.negatives.hard_fraction = 0.0
+    with pytest.raises(ConfigError, match="hard_fraction"):
+        validate_config(cfg)

@@ -39,14 +39,24 @@ def test_itc_rule_reads_itc_trained_steps():
     assert not itc_projections_trained(SimpleNamespace())
 
 
-def test_untrained_checkpoint_is_refused_with_the_fix(tmp_path, demo, checkpoints, capsys):
-    from imagebert.cli import CliError
+def _user_error(capsys, argv: list[str]) -> str:
+    """Run `imagebert ...` through the real entry point: a user error is exit 2 and one line, no traceback."""
+    from imagebert.cli import main
 
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("imagebert")]  # (HF's loading bars aside)
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith(f"imagebert {argv[0]}: error: ")
+    return lines[0]
+
+
+def test_untrained_checkpoint_is_refused_with_the_fix(tmp_path, demo, checkpoints, capsys):
     out = tmp_path / "index"
-    with pytest.raises(CliError) as err:
-        serve_cli(["index", "build", str(checkpoints["untrained"]), "--dataset", str(demo["yaml"]),
-                   "--out", str(out)])  # fmt: skip
-    msg = str(err.value)
+    msg = _user_error(capsys, ["index", "build", str(checkpoints["untrained"]), "--dataset", str(demo["yaml"]),
+                               "--out", str(out)])  # fmt: skip
     assert "contrastive (ITC) projections" in msg and "never trained" in msg
     assert "task_itc" in msg and "loss.itc" in msg
     assert not (out / "index.json").exists()
@@ -93,12 +103,24 @@ def test_faiss_backend_agrees_with_torch():
     assert (a == b).all()
 
 
-def test_index_refuses_to_overwrite_and_wrong_checkpoint(index_dir, demo, checkpoints):
-    from imagebert.cli import CliError
-
-    with pytest.raises(CliError, match="already there"):
+def test_index_refuses_to_overwrite_and_wrong_checkpoint(index_dir, demo, checkpoints, capsys):
+    # the commands raise plainly (FileExistsError, InputError); imagebert.cli.main reports them once
+    with pytest.raises(FileExistsError, match="already there"):
         serve_cli(["index", "build", str(checkpoints["trained"]), "--dataset", str(demo["yaml"]),
                    "--out", str(index_dir)])  # fmt: skip
-    with pytest.raises(CliError, match="not the one this index was built with"):
-        serve_cli(["index", "add", str(index_dir), "--checkpoint", str(checkpoints["untrained"]),
-                   "--dataset", str(demo["yaml"])])  # fmt: skip
+    assert "already there" in _user_error(capsys, ["index", "build", str(checkpoints["trained"]), "--dataset",
+                                                   str(demo["yaml"]), "--out", str(index_dir)])  # fmt: skip
+    msg = _user_error(capsys, ["index", "add", str(index_dir), "--checkpoint", str(checkpoints["untrained"]),
+                               "--dataset", str(demo["yaml"])])  # fmt: skip
+    assert "not the one this index was built with" in msg
+
+
+def test_missing_index_folder_is_one_line_exit_2(tmp_path, checkpoints, capsys):
+    missing = tmp_path / "no_index"
+    assert "not an index folder" in _user_error(capsys, ["index", "info", str(missing)])
+    msg = _user_error(capsys, ["index", "add", str(missing), "--checkpoint", str(checkpoints["trained"]),
+                               "--features", str(tmp_path)])  # fmt: skip
+    assert "no_index" in msg
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "index.json").write_text("{not json")
+    assert "not valid JSON" in _user_error(capsys, ["index", "info", str(tmp_path / "bad")])

@@ -71,8 +71,12 @@ def test_shipped_configs_load():
     assert (paper.training.batch_size, paper.training.learning_rate) == (48, 1e-4)
     assert (paper.model["max_regions"], paper.model["visual_feature_dim"]) == (100, 2048)
     assert paper.stages[1].datasets[0].endswith("configs/datasets/conceptual_captions.yaml")
+    # the paper sums its four losses with weight 1; the library (and so the CPU recipe) weighs ITM 4
+    weights = ("mlm_weight", "moc_weight", "mrfr_weight", "itm_weight")
+    assert [getattr(paper.tasks, w) for w in weights] == [1.0, 1.0, 1.0, 1.0] and paper.tasks.itc is False
     demo = load_pretrain_config(
         ROOT / "configs/pretrain/demo_cpu.yaml", ["stages.0.datasets=[x.yaml]"], check_paths=False
     )
     assert demo.model["visual_feature_dim"] == "auto" and demo.init_from_bert is None
     assert demo.tasks.itc is True and "task_itc" not in demo.model
+    assert demo.tasks.itm_weight == 4.0

@@ -32,14 +32,20 @@ class MaskingConfig:
     at_least_one: bool = True  # every caption / image with a maskable item gets at least one masked item
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Probabilities in [0, 1]; ConfigError (a ValueError) naming the key."""
+        from imagebert.config_utils import ConfigError
+
         for name in ("text_mask_prob", "text_replace_mask", "text_replace_random", "region_mask_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"masking.{name} must lie in [0, 1], got {value}")
+                raise ConfigError(f"masking.{name} must lie in [0, 1], got {value}")
         if not 0.0 <= self.region_zero_prob <= 1.0:
-            raise ValueError(f"masking.region_zero_prob must lie in [0, 1], got {self.region_zero_prob}")
+            raise ConfigError(f"masking.region_zero_prob must lie in [0, 1], got {self.region_zero_prob}")
         if self.text_replace_mask + self.text_replace_random > 1.0 + 1e-9:
-            raise ValueError("masking.text_replace_mask + masking.text_replace_random must not exceed 1")
+            raise ConfigError("masking.text_replace_mask + masking.text_replace_random must not exceed 1")
 
 
 def _choose(

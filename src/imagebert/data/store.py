@@ -110,12 +110,18 @@ class BoxSelection:
     def __post_init__(self) -> None:
         if self.top_n is None and self.min_confidence is None:
             object.__setattr__(self, "top_n", 100)
+        self.validate()
+
+    def validate(self) -> None:
+        """ConfigError (a ValueError) for a selection that cannot be applied."""
+        from imagebert.config_utils import ConfigError
+
         if self.top_n is not None and self.min_confidence is not None:
-            raise ValueError("BoxSelection: give top_n or min_confidence, not both")
+            raise ConfigError("BoxSelection: give top_n or min_confidence, not both")
         if self.top_n is not None and self.top_n < 1:
-            raise ValueError("BoxSelection: top_n must be >= 1")
+            raise ConfigError("BoxSelection: top_n must be >= 1")
         if self.min_confidence is not None and not (1 <= self.min_boxes <= self.max_boxes):
-            raise ValueError("BoxSelection: need 1 <= min_boxes <= max_boxes")
+            raise ConfigError("BoxSelection: need 1 <= min_boxes <= max_boxes")
 
     def indices(self, num_boxes: int, confidences: np.ndarray | None) -> np.ndarray:
         """Indices (ascending) of the boxes to keep."""

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
+
+if TYPE_CHECKING:
+    from imagebert.tasks.pretraining import PretrainConfig
+    from imagebert.tasks.retrieval import FinetuneConfig
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -47,6 +52,25 @@ class DemoSettings:
     detector_pretrain_steps: int = 150
     detector_finetune_steps: int = 60
     detector_zero_shot: bool = False  # also evaluate its pre-trained checkpoint (about 75 s more)
+
+    def validate(self) -> None:
+        """Reject nonsense sizes before the corpus is built (minutes of work): ConfigError naming the key."""
+        from imagebert.config_utils import ConfigError
+
+        minimum = {"num_train": 2, "num_val": 1, "num_test": 2, "image_size": 32, "extract_size": 32,
+                   "pretrain_steps": 1, "pretrain_batch": 1, "finetune_steps": 1, "finetune_batch": 1,
+                   "examples": 0, "seed": 0}  # fmt: skip
+        for key, low in minimum.items():
+            value = getattr(self, key, None)
+            if value is not None and value < low:
+                raise ConfigError(f"{key} must be >= {low}, got {value}")
+        if getattr(self, "extract_size", 32) % 32:
+            raise ConfigError(f"extract_size must be a multiple of 32, got {self.extract_size}")
+        for key, allowed in (("eval_precision", ("auto", "fp32", "bf16", "fp16")),
+                             ("train_precision", ("fp32", "bf16", "fp16"))):  # fmt: skip
+            value = getattr(self, key, None)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _configs_dir() -> Path:
@@ -198,22 +222,37 @@ def _write_dataset_yaml(out: Path, corpus: Any, store: Path) -> Path:
     return path
 
 
+def _absolute(path: str | Path) -> str:
+    return os.path.normpath(Path(path).expanduser().absolute())
+
+
+def demo_pretrain_config(
+    dataset_yaml: str | Path, s: DemoSettings, bert_path: str | Path | None = None, steps: int | None = None
+) -> PretrainConfig:
+    """The shipped `pretrain/demo_cpu.yaml` as a typed PretrainConfig with the demo's dataset, sizes and
+    precision set on its fields, validated (paths included)."""
+    from imagebert.tasks.pretraining import load_pretrain_config
+
+    cfg = load_pretrain_config(_configs_dir() / "pretrain" / "demo_cpu.yaml", check_paths=False)
+    stage = cfg.stages[0]
+    stage.datasets = [_absolute(dataset_yaml)]
+    stage.steps = steps or s.pretrain_steps
+    cfg.training.batch_size = s.pretrain_batch
+    cfg.training.precision = s.train_precision  # type: ignore[assignment]  # checked by validate
+    cfg.training.progress_bar = True
+    if bert_path is not None:
+        cfg.init_from_bert = _absolute(bert_path)
+    cfg.validate()
+    return cfg
+
+
 def _pretrain(
     out: Path, dataset_yaml: Path, s: DemoSettings, bert_path: str | Path | None, steps: int | None = None
 ) -> Path:
-    from imagebert.tasks.pretraining import load_pretrain_config, run_pretraining
+    from imagebert.tasks.pretraining import run_pretraining
 
     run_dir = out / "pretrain"
-    overrides = [
-        f"stages.0.datasets=[{dataset_yaml}]",
-        f"stages.0.steps={steps or s.pretrain_steps}",
-        f"training.batch_size={s.pretrain_batch}",
-        f"training.precision={s.train_precision}",
-        "training.progress_bar=true",
-    ]
-    if bert_path is not None:
-        overrides.append(f"init_from_bert={bert_path}")
-    cfg = load_pretrain_config(_configs_dir() / "pretrain" / "demo_cpu.yaml", overrides)
+    cfg = demo_pretrain_config(dataset_yaml, s, bert_path, steps=steps)
     final = _final_checkpoint(run_dir)
     if final is not None:
         return final
@@ -228,23 +267,31 @@ def _final_checkpoint(run_dir: Path) -> Path | None:
 def _finetune(
     out: Path, dataset_yaml: Path, pretrained: Path, s: DemoSettings, steps: int | None = None
 ) -> Path:
-    from imagebert.tasks.retrieval import load_finetune_config, run_finetuning
+    from imagebert.tasks.retrieval import run_finetuning
 
     run_dir = out / "finetune"
     best = run_dir / "best"
     if (best / "config.json").is_file() and (run_dir / "final").exists():
         return best
-    cfg = load_finetune_config(
-        _configs_dir() / "finetune" / "demo_cpu.yaml",
-        [
-            f"dataset={dataset_yaml}",
-            f"init_checkpoint={pretrained}",
-            f"training.steps={steps or s.finetune_steps}",
-            f"training.batch_size={s.finetune_batch}",
-            f"training.precision={s.train_precision}",
-        ],
-    )
+    cfg = demo_finetune_config(dataset_yaml, pretrained, s, steps=steps)
     return Path(run_finetuning(cfg, out_dir=run_dir))
+
+
+def demo_finetune_config(
+    dataset_yaml: str | Path, pretrained: str | Path, s: DemoSettings, steps: int | None = None
+) -> FinetuneConfig:
+    """The shipped `finetune/demo_cpu.yaml` as a typed FinetuneConfig starting from `pretrained`, with the
+    demo's dataset, sizes and precision set on its fields, validated."""
+    from imagebert.tasks.retrieval import load_finetune_config
+
+    cfg = load_finetune_config(_configs_dir() / "finetune" / "demo_cpu.yaml")
+    cfg.dataset = str(Path(dataset_yaml).expanduser().absolute())
+    cfg.init_checkpoint = str(Path(pretrained).expanduser().absolute())
+    cfg.training.steps = steps or s.finetune_steps
+    cfg.training.batch_size = s.finetune_batch
+    cfg.training.precision = s.train_precision  # type: ignore[assignment]  # checked by validate
+    cfg.validate()
+    return cfg
 
 
 def _evaluate(
@@ -409,7 +456,7 @@ def _write_report(
 def _learning_health_lines(out: Path, detector: dict[str, Any] | None) -> list[str]:
     """ITM loss and accuracy over the last logged steps of each pre-training run, and any chance warnings."""
     lines = ["## Learning health (pre-training)", "",
-             "| run | ITM loss, last 5 logged steps | ITM accuracy, last 5 logged steps | warnings |",
+             "| run | ITM loss, last 5 logging windows | ITM accuracy, last 5 logging windows | warnings |",
              "|---|---|---|---|"]  # fmt: skip
     runs = [("EfficientNet features", out / "pretrain")]
     if detector is not None:
@@ -423,11 +470,13 @@ def _learning_health_lines(out: Path, detector: dict[str, Any] | None) -> list[s
                 warnings.append(f"{w['task']} at chance until step {w['last_step_at_chance']}")
         if not last:
             continue
-        loss = sum(r["loss_itm"] for r in last) / len(last)
-        acc = sum(r.get("itm_acc", float("nan")) for r in last) / len(last)
+        # each record's window mean (`*_avg`: every step since the previous record), else its own step
+        loss = sum(r.get("loss_itm_avg", r["loss_itm"]) for r in last) / len(last)
+        acc = sum(r.get("itm_acc_avg", r.get("itm_acc", float("nan"))) for r in last) / len(last)
         lines.append(f"| {name} | {loss:.3f} | {acc:.3f} | {'; '.join(warnings) or 'none'} |")
-    lines += ["", "Chance is ln 2 = 0.693 (half the pairs are negatives). A warning names a task whose loss stayed "
-              "within 3% of chance for 100 steps (`training.chance_warning_steps`).", ""]  # fmt: skip
+    lines += ["", "Each logging window averages every step since the previous record (`training.log_every`, 10: "
+              "the last 50 steps). Chance is ln 2 = 0.693 (half the pairs are negatives). A warning names a task "
+              "whose loss stayed within 3% of chance for 100 steps (`training.chance_warning_steps`).", ""]  # fmt: skip
     return lines
 
 

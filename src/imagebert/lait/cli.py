@@ -188,16 +188,12 @@ def _make_photo_set(args: argparse.Namespace) -> int:
 
 
 def _train_photo(args: argparse.Namespace) -> int:
-    from imagebert.cli import CliError
-    from imagebert.errors import InputError
     from imagebert.lait.photoclf import train_photo_classifier
 
-    try:
-        metrics = train_photo_classifier(
-            args.labels, args.out, folds=args.folds, log=lambda m: print(m, file=sys.stderr)
-        )
-    except InputError as exc:
-        raise CliError(str(exc)) from exc
+    # bad labels (InputError) are reported by imagebert.cli.main
+    metrics = train_photo_classifier(
+        args.labels, args.out, folds=args.folds, log=lambda m: print(m, file=sys.stderr)
+    )
     text = json.dumps(metrics, indent=1)
     if args.metrics:
         Path(args.metrics).write_text(text, encoding="utf-8")

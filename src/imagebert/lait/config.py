@@ -148,6 +148,32 @@ class LaitConfig:
     def to_dict(self) -> dict:
         return to_dict(self)
 
+    def validate(self) -> None:
+        """Plug-in names, weight files and value ranges, checked before any work (and by `lait show-config`);
+        called by load_config."""
+        _check_plugin("images.racy_classifier", self.images.racy_classifier, BUILTIN_RACY)
+        _check_plugin("images.type_classifier", self.images.type_classifier, BUILTIN_TYPE)
+        if self.images.photo_model is not None and not Path(self.images.photo_model).is_file():
+            raise ConfigError(f"images.photo_model: file not found: {self.images.photo_model}")
+        model = self.scoring.model
+        if model not in (None, "hand"):
+            if ":" in model and not Path(model).exists():
+                _check_plugin("scoring.model", model, ())
+            elif not Path(model).is_file():
+                raise ConfigError(
+                    f"scoring.model: file not found: {model} (or use 'package.module:factory', 'hand')"
+                )
+        for key, value in (
+            ("images.photo_threshold", self.images.photo_threshold),
+            ("scoring.min_score", self.scoring.min_score),
+            ("scoring.target_precision", self.scoring.target_precision),
+            ("run.warn_drop_share", self.run.warn_drop_share),
+        ):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key}: must be between 0 and 1, got {value}")
+        if self.run.pages_per_task < 1:
+            raise ConfigError(f"run.pages_per_task: must be >= 1, got {self.run.pages_per_task}")
+
 
 BUILTIN_RACY = ("none", "heuristic")
 BUILTIN_TYPE = ("none", "heuristic", "learned")
@@ -170,33 +196,12 @@ def _check_plugin(key: str, spec: str, builtin: tuple[str, ...]) -> None:
 
 
 def validate_lait_config(cfg: LaitConfig) -> LaitConfig:
-    """Plug-in names, weight files and value ranges, checked before any work (and by `lait show-config`)."""
-    _check_plugin("images.racy_classifier", cfg.images.racy_classifier, BUILTIN_RACY)
-    _check_plugin("images.type_classifier", cfg.images.type_classifier, BUILTIN_TYPE)
-    if cfg.images.photo_model is not None and not Path(cfg.images.photo_model).is_file():
-        raise ConfigError(f"images.photo_model: file not found: {cfg.images.photo_model}")
-    model = cfg.scoring.model
-    if model not in (None, "hand"):
-        if ":" in model and not Path(model).exists():
-            _check_plugin("scoring.model", model, ())
-        elif not Path(model).is_file():
-            raise ConfigError(
-                f"scoring.model: file not found: {model} (or use 'package.module:factory', 'hand')"
-            )
-    for key, value in (
-        ("images.photo_threshold", cfg.images.photo_threshold),
-        ("scoring.min_score", cfg.scoring.min_score),
-        ("scoring.target_precision", cfg.scoring.target_precision),
-        ("run.warn_drop_share", cfg.run.warn_drop_share),
-    ):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{key}: must be between 0 and 1, got {value}")
-    if cfg.run.pages_per_task < 1:
-        raise ConfigError(f"run.pages_per_task: must be >= 1, got {cfg.run.pages_per_task}")
+    """Deprecated alias of LaitConfig.validate (returns `cfg`)."""
+    cfg.validate()
     return cfg
 
 
 def load_lait_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LaitConfig:
     """YAML (optional) + `--set` overrides -> LaitConfig; unknown keys and unknown plug-ins raise ConfigError
     naming the key."""
-    return validate_lait_config(load_config(LaitConfig, path, overrides))
+    return load_config(LaitConfig, path, overrides)  # runs LaitConfig.validate

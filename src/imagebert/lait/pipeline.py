@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebert.lait.aggregate import aggregate
-from imagebert.lait.config import LaitConfig, validate_lait_config
+from imagebert.lait.config import LaitConfig
 from imagebert.lait.funnel import Funnel
 from imagebert.lait.plan import build_index, config_fingerprint, index_file_for, plan_tasks
 from imagebert.lait.shard import process_shard, shard_dir
@@ -165,7 +165,7 @@ def run_lait(
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline; returns a summary. Re-running the same command resumes where it stopped."""
-    validate_lait_config(cfg)
+    cfg.validate()
     cfg = _absolute_paths(cfg)
     out_dir = Path(out_dir).expanduser().resolve()
     work_dir = out_dir / "work"

@@ -106,7 +106,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from imagebert.cli import CliError
     from imagebert.config_utils import config_argument, resolve_config_path, to_dict
     from imagebert.runtime.threads import apply_threads
     from imagebert.tasks.retrieval import FinetuneConfig, load_finetune_config, run_finetuning
@@ -127,9 +126,7 @@ def _finetune(args: argparse.Namespace) -> int:
         lock, found = prepare_run(out, resume=args.resume, overwrite=args.overwrite, config_dict=to_dict(cfg),
                                   refused=FINETUNE_RESUME_REFUSED)  # fmt: skip
         best = run_finetuning(cfg, out, resume=found)  # a run folder resolves to its newest checkpoint
-    except FileNotFoundError as exc:
-        raise CliError(str(exc)) from exc
-    finally:
+    finally:  # a missing file (FileNotFoundError) is reported by imagebert.cli.main
         if lock is not None:
             lock.release()
     if int(os.environ.get("RANK", "0")) == 0:

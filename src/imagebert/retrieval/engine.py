@@ -64,12 +64,18 @@ class BlockPlan:
     block_images: int = 100
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """ConfigError (a ValueError) naming the setting."""
+        from imagebert.config_utils import ConfigError
+
         for name in ("block_captions", "block_images"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} (--block) must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} (--block) must be a positive integer, got {value!r}")
         if self.num_captions < 0 or self.num_images < 0:
-            raise ValueError("the score matrix cannot have a negative size")
+            raise ConfigError("the score matrix cannot have a negative size")
 
     @property
     def grid(self) -> tuple[int, int]:

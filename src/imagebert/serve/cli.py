@@ -1,4 +1,6 @@
-"""`imagebert index build|add|info` and `imagebert serve` (see docs/serve.md)."""
+"""`imagebert index build|add|info` and `imagebert serve` (see docs/serve.md).
+
+Commands raise data and path errors plainly; `imagebert.cli.main` turns them into one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -134,12 +136,6 @@ def _check_sizes(*values: int) -> None:
         raise ConfigError(f"sizes must be >= 1, got {', '.join(str(v) for v in values)}")
 
 
-def _cli_error(exc: Exception):
-    from imagebert.cli import CliError
-
-    return CliError(str(exc))
-
-
 def _check_source(src: SourceSettings, allow_images_only: bool = False) -> None:
     if src.dataset and src.features:
         raise ConfigError("give --dataset or --features, not both")
@@ -150,9 +146,6 @@ def _check_source(src: SourceSettings, allow_images_only: bool = False) -> None:
         raise ConfigError("--captions goes with --features or --images, not --dataset")
 
 
-_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError)
-
-
 def run_build(args: argparse.Namespace) -> int:
     from imagebert.config_utils import load_command_config
     from imagebert.runtime.threads import apply_threads
@@ -161,12 +154,10 @@ def run_build(args: argparse.Namespace) -> int:
     s = load_command_config(IndexBuildSettings, args)
     src, emb = s.source, s.embed
     apply_threads(s.threads)
-    try:
-        summary = build_index(s.checkpoint, s.out, dataset=src.dataset, split=src.split, features=src.features,
-                              captions=src.captions, images_dir=src.images, backend=s.backend, device=emb.device,
-                              precision=emb.precision, batch_size=emb.batch_size, thumb_size=emb.thumb_size)  # fmt: skip
-    except _ERRORS as exc:
-        _reraise(exc)
+    # data and path errors (InputError, ConfigError, FileNotFoundError, ...) go to imagebert.cli.main as they are
+    summary = build_index(s.checkpoint, s.out, dataset=src.dataset, split=src.split, features=src.features,
+                          captions=src.captions, images_dir=src.images, backend=s.backend, device=emb.device,
+                          precision=emb.precision, batch_size=emb.batch_size, thumb_size=emb.thumb_size)  # fmt: skip
     print(summary.text())
     return 0
 
@@ -179,36 +170,22 @@ def run_add(args: argparse.Namespace) -> int:
     s = load_command_config(IndexAddSettings, args)
     src, emb = s.source, s.embed
     apply_threads(s.threads)
-    try:
-        summary = add_to_index(s.index, s.checkpoint, dataset=src.dataset, split=src.split, features=src.features,
-                               captions=src.captions, images=src.images, device=emb.device, precision=emb.precision,
-                               batch_size=emb.batch_size, thumb_size=emb.thumb_size)  # fmt: skip
-    except _ERRORS as exc:
-        _reraise(exc)
+    summary = add_to_index(s.index, s.checkpoint, dataset=src.dataset, split=src.split, features=src.features,
+                           captions=src.captions, images=src.images, device=emb.device, precision=emb.precision,
+                           batch_size=emb.batch_size, thumb_size=emb.thumb_size)  # fmt: skip
     print(summary.text())
     return 0
-
-
-def _reraise(exc: Exception) -> None:
-    """Config errors pass to imagebert.cli.main as they are; data and OS errors become one-line CliErrors."""
-    if isinstance(exc, ConfigError):
-        raise exc
-    raise _cli_error(exc) from exc
 
 
 def run_info(args: argparse.Namespace) -> int:
     from imagebert.serve.index import read_meta
 
-    try:
-        meta = read_meta(args.index)
-    except _ERRORS as exc:
-        raise _cli_error(exc) from exc
-    print(json.dumps(meta, indent=2))
+    print(json.dumps(read_meta(args.index), indent=2))
     return 0
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from imagebert.cli import require
+    from imagebert.cli import CliError, require
     from imagebert.config_utils import load_command_config
     from imagebert.runtime.threads import apply_threads
 
@@ -220,16 +197,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from imagebert.serve.service import Limits, load_service
 
     if s.device.startswith("cuda") and not torch.cuda.is_available():
-        raise _cli_error(ValueError(f"--device {s.device}: CUDA is not available in this torch build"))
+        raise CliError(f"--device {s.device}: CUDA is not available in this torch build")
     apply_threads(s.threads)
-    try:
-        app, searcher = load_service(s.index, s.checkpoint, device=s.device, precision=s.precision, backend=s.backend,
-                                     batch_size=s.batch_size, max_batch_pairs=s.max_batch_pairs,
-                                     max_wait_ms=s.batch_wait_ms, max_pixels=s.max_pixels,
-                                     limits=Limits(max_upload_bytes=int(s.max_upload_mb * 2**20)),
-                                     uploads=s.uploads)  # fmt: skip
-    except _ERRORS as exc:
-        _reraise(exc)
+    app, searcher = load_service(s.index, s.checkpoint, device=s.device, precision=s.precision, backend=s.backend,
+                                 batch_size=s.batch_size, max_batch_pairs=s.max_batch_pairs,
+                                 max_wait_ms=s.batch_wait_ms, max_pixels=s.max_pixels,
+                                 limits=Limits(max_upload_bytes=int(s.max_upload_mb * 2**20)),
+                                 uploads=s.uploads)  # fmt: skip
     print(
         f"imagebert serve: {searcher.index.num_images} images, {searcher.index.num_captions} captions on "
         f"http://{s.host}:{s.port}/ ({searcher.image_search.name} first stage, {s.device})",

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from imagebert.config_utils import ConfigError
 from imagebert.errors import InputError
 
 FORMAT = "imagebert-index"
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class UntrainedProjectionsError(ValueError):
+class UntrainedProjectionsError(InputError):
     """The checkpoint's contrastive projections never received a loss: its first-stage embeddings are random."""
 
 
@@ -160,7 +161,7 @@ def _store_source(features: str | os.PathLike, captions: str | os.PathLike | Non
 
 def _source(dataset, split, features, captions) -> _Source:  # noqa: ANN001
     if (dataset is None) == (features is None):
-        raise ValueError("give either a dataset YAML or a feature store (with an optional caption file)")
+        raise ConfigError("give either a dataset YAML or a feature store (with an optional caption file)")
     return _dataset_source(dataset, split) if dataset is not None else _store_source(features, captions)
 
 
@@ -330,7 +331,7 @@ def build_index(
         raise FileExistsError(f"{out}: an index is already there; add to it with `imagebert index add` "
                               "or choose another --out")  # fmt: skip
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     model, collator = _load_model(checkpoint, device)  # refuses untrained projections before any work
     src = _source(dataset, split, features, captions)
     out.mkdir(parents=True, exist_ok=True)
@@ -371,7 +372,12 @@ def read_meta(index_dir: str | os.PathLike) -> dict:
     if not p.is_file():
         raise InputError("not an index folder (no index.json); build one with `imagebert index build`",
                          path=index_dir)  # fmt: skip
-    meta = json.loads(p.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc})", path=p) from None
+    if not isinstance(meta, dict):
+        raise InputError("not an index file (the top level is not a JSON object)", path=p)
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise InputError(f"unsupported index format {meta.get('format')!r} v{meta.get('version')}", path=p)
     return meta

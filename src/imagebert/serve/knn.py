@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imagebert.config_utils import ConfigError
+
 BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw")
 AUTO_FAISS_ABOVE = (
     200_000  # items; below this the torch product is as fast as faiss flat (benchmarks/bench_serve)
@@ -30,11 +32,11 @@ def faiss_available() -> bool:
 def resolve_backend(backend: str, num_items: int) -> str:
     """'auto' -> faiss (exact flat) above AUTO_FAISS_ABOVE items when faiss is installed, else torch."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "auto":
         return "faiss" if num_items > AUTO_FAISS_ABOVE and faiss_available() else "torch"
     if backend.startswith("faiss") and not faiss_available():
-        raise ValueError(f"backend {backend!r} needs the optional package faiss-cpu (pip install faiss-cpu)")
+        raise ConfigError(f"backend {backend!r} needs the optional package faiss-cpu (pip install faiss-cpu)")
     return backend
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from imagebert.data.types import RegionRecord
+from imagebert.errors import InputError
 from imagebert.extraction.extract import ExtractionConfig, ImageItem, _BoxSource, _features, _prepare
 from imagebert.extraction.images import DEFAULT_MAX_PIXELS, ImageRejected, pixel_limit
 
@@ -43,7 +44,7 @@ class UploadExtractor:
         self.device = torch.device(device)
         self.net = load_backbone(self.cfg.backbone, self.device, self.cfg.weights_path)
         if expected_dim is not None and int(self.net.feature_dim) != expected_dim:
-            raise ValueError(f"backbone {self.cfg.backbone} gives {self.net.feature_dim}-d features, the model "
+            raise InputError(f"backbone {self.cfg.backbone} gives {self.net.feature_dim}-d features, the model "
                              f"expects {expected_dim}-d")  # fmt: skip
         self.boxes_for = _BoxSource(self.cfg.grid, None)
         self.fill = tuple(self.net.pixel_mean)

@@ -77,6 +77,48 @@ class PretrainConfig:
     tasks: PretrainingTasks = field(default_factory=PretrainingTasks)
     validate_inputs: bool = True  # check batches for NaN/inf in the model's forward (one host sync per step)
 
+    def validate(self, *, check_paths: bool = True) -> None:
+        """Everything that can be checked without loading data: names the offending key. check_paths=False
+        skips the file checks (load_pretrain_config calls this once the paths are resolved)."""
+        from imagebert.modeling import ImageBertConfig
+
+        if not self.stages:
+            raise ConfigError("stages: list at least one stage")
+        _move_legacy_switches(self)
+        fields = set(ImageBertConfig.__dataclass_fields__)
+        for key, value in self.model.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown config key 'model.{key}'; see imagebert.modeling.ImageBertConfig for the fields"
+                )
+            if value == "auto" and key not in AUTO_SIZED:
+                raise ConfigError(f"model.{key}: 'auto' is only allowed for {', '.join(AUTO_SIZED)}")
+        if self.init_from_bert and self.init_from_checkpoint:
+            raise ConfigError("set at most one of 'init_from_bert' and 'init_from_checkpoint'")
+        if not 0 <= self.itm.negative_ratio < 1:
+            raise ConfigError(f"itm.negative_ratio must lie in [0, 1), got {self.itm.negative_ratio}")
+        if not 0 <= self.itm.caption_swap_fraction <= 1:
+            raise ConfigError(
+                f"itm.caption_swap_fraction must lie in [0, 1], got {self.itm.caption_swap_fraction}"
+            )
+        if check_paths:
+            for key in ("init_from_bert", "init_from_checkpoint"):
+                value = getattr(self, key)
+                if value is not None and not (Path(value) / "config.json").is_file():
+                    raise ConfigError(f"{key}: {value} is not a checkpoint folder (no config.json)")
+        names = set()
+        for i, stage in enumerate(self.stages):
+            if stage.name in names:
+                raise ConfigError(f"stages[{i}].name: '{stage.name}' is used twice")
+            names.add(stage.name)
+            stage_trainer_config(self, stage).validate(prefix=f"stages[{i}] ({stage.name})")
+            if check_paths:
+                if not stage.datasets:
+                    raise ConfigError(f"stages[{i}].datasets: name at least one dataset YAML")
+                for j, d in enumerate(stage.datasets):
+                    if not Path(d).is_file():
+                        raise ConfigError(f"stages[{i}].datasets[{j}]: file not found: {d}")
+
 
 def load_pretrain_config(
     path: str | Path | None, overrides: list[str] | None = None, *, check_paths: bool = True
@@ -106,7 +148,7 @@ def load_pretrain_config(
         stage.datasets = [resolve(d) for d in stage.datasets]
     cfg.init_from_bert = resolve(cfg.init_from_bert)
     cfg.init_from_checkpoint = resolve(cfg.init_from_checkpoint)
-    validate_config(cfg, check_paths=check_paths)
+    cfg.validate(check_paths=check_paths)
     return cfg
 
 
@@ -122,45 +164,8 @@ def stage_trainer_config(cfg: PretrainConfig, stage: StageConfig) -> TrainerConf
 
 
 def validate_config(cfg: PretrainConfig, *, check_paths: bool = True) -> None:
-    """Everything that can be checked without loading data: names the offending key."""
-    from imagebert.modeling import ImageBertConfig
-
-    if not cfg.stages:
-        raise ConfigError("stages: list at least one stage")
-    _move_legacy_switches(cfg)
-    fields = set(ImageBertConfig.__dataclass_fields__)
-    for key, value in cfg.model.items():
-        if key not in fields:
-            raise ConfigError(
-                f"unknown config key 'model.{key}'; see imagebert.modeling.ImageBertConfig for the fields"
-            )
-        if value == "auto" and key not in AUTO_SIZED:
-            raise ConfigError(f"model.{key}: 'auto' is only allowed for {', '.join(AUTO_SIZED)}")
-    if cfg.init_from_bert and cfg.init_from_checkpoint:
-        raise ConfigError("set at most one of 'init_from_bert' and 'init_from_checkpoint'")
-    if not 0 <= cfg.itm.negative_ratio < 1:
-        raise ConfigError(f"itm.negative_ratio must lie in [0, 1), got {cfg.itm.negative_ratio}")
-    if not 0 <= cfg.itm.caption_swap_fraction <= 1:
-        raise ConfigError(
-            f"itm.caption_swap_fraction must lie in [0, 1], got {cfg.itm.caption_swap_fraction}"
-        )
-    if check_paths:
-        for key in ("init_from_bert", "init_from_checkpoint"):
-            value = getattr(cfg, key)
-            if value is not None and not (Path(value) / "config.json").is_file():
-                raise ConfigError(f"{key}: {value} is not a checkpoint folder (no config.json)")
-    names = set()
-    for i, stage in enumerate(cfg.stages):
-        if stage.name in names:
-            raise ConfigError(f"stages[{i}].name: '{stage.name}' is used twice")
-        names.add(stage.name)
-        stage_trainer_config(cfg, stage).validate(prefix=f"stages[{i}] ({stage.name})")
-        if check_paths:
-            if not stage.datasets:
-                raise ConfigError(f"stages[{i}].datasets: name at least one dataset YAML")
-            for j, d in enumerate(stage.datasets):
-                if not Path(d).is_file():
-                    raise ConfigError(f"stages[{i}].datasets[{j}]: file not found: {d}")
+    """Deprecated alias of PretrainConfig.validate."""
+    cfg.validate(check_paths=check_paths)
 
 
 def _move_legacy_switches(cfg: PretrainConfig) -> None:
@@ -363,7 +368,7 @@ def run_pretraining(
         load_tokenizer,
     )
 
-    validate_config(config, check_paths=dataset_factory is None)
+    config.validate(check_paths=dataset_factory is None)
     out = Path(out_dir or config.out_dir)
     factory = dataset_factory or load_stage_datasets
     info = dist_info or init_distributed(config.training.device)

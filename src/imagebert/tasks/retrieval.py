@@ -52,6 +52,13 @@ class NegativesConfig:
     # 0 = take the top-scoring wrong candidates; > 0 = draw them without replacement with probability
     # proportional to exp(score / T), as ALBEF samples by similarity (less brittle when the pool has near-copies).
     hard_temperature: float = 0.0
+    # Of the num_negatives per direction, this share is mined (rounded, at least 1) and the rest stay random: a
+    # mix keeps the easy negatives that calibrate the score while the mined ones sharpen the ranking.
+    hard_fraction: float = 1.0
+    # Positive-aware mining: a wrong candidate scoring above (the positive's score - margin) is more often an
+    # unlabelled match (a caption that fits both images) than a mistake, so it is not mined. null = off.
+    # Units of the mining score: cosine similarity for hard_source "itc", the logit for "model".
+    false_negative_margin: float | None = None
 
 
 @dataclass
@@ -97,6 +104,37 @@ class FinetuneConfig:
         default_factory=lambda: TrainerConfig(batch_size=24, learning_rate=5e-5, epochs=130)
     )
 
+    def validate(self, *, check_paths: bool = True) -> None:
+        """Names the offending key. check_paths=False skips the checkpoint-folder check (load_finetune_config
+        calls this once the paths are resolved against the YAML's folder)."""
+        self.training.validate("training")
+        if self.validation is not None and self.validation.num_images < 0:
+            raise ConfigError(f"validation.num_images must be >= 0, got {self.validation.num_images}")
+        n = self.negatives
+        if n.num_negatives < 1:
+            raise ConfigError(f"negatives.num_negatives must be >= 1, got {n.num_negatives}")
+        if n.pool_size < n.num_negatives + 1:
+            raise ConfigError(
+                f"negatives.pool_size ({n.pool_size}) must be >= num_negatives + 1 ({n.num_negatives + 1}): one pool "
+                "item may be the positive's own image"
+            )
+        if n.hard_source not in ("model", "itc"):
+            raise ConfigError(f"negatives.hard_source must be 'model' or 'itc', got {n.hard_source!r}")
+        if n.hard_start_step < 0 or n.hard_temperature < 0:
+            raise ConfigError("negatives.hard_start_step and negatives.hard_temperature must be >= 0")
+        if not 0 < n.hard_fraction <= 1:
+            raise ConfigError(f"negatives.hard_fraction must lie in (0, 1], got {n.hard_fraction}")
+        w = self.loss
+        if min(w.bce, w.ce, w.triplet, w.itc) < 0 or (w.bce + w.ce + w.triplet + w.itc) == 0:
+            raise ConfigError("loss: weights must be >= 0 and at least one > 0")
+        if self.init_checkpoint and self.init_from_bert:
+            raise ConfigError("set at most one of 'init_checkpoint' and 'init_from_bert'")
+        checkpoint = self.init_checkpoint
+        if check_paths and checkpoint and not (Path(checkpoint) / "config.json").is_file():
+            raise ConfigError(
+                f"init_checkpoint: {self.init_checkpoint} is not a checkpoint folder (no config.json)"
+            )
+
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
     """Read the YAML (relative paths resolve against its folder), apply `--set` overrides, validate."""
@@ -107,35 +145,13 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | None = 
         if value is not None:
             p = Path(value).expanduser()
             setattr(cfg, key, str(p if p.is_absolute() else base / p))
-    validate_config(cfg)
+    cfg.validate()
     return cfg
 
 
 def validate_config(cfg: FinetuneConfig) -> None:
-    cfg.training.validate("training")
-    if cfg.validation is not None and cfg.validation.num_images < 0:
-        raise ConfigError(f"validation.num_images must be >= 0, got {cfg.validation.num_images}")
-    n = cfg.negatives
-    if n.num_negatives < 1:
-        raise ConfigError(f"negatives.num_negatives must be >= 1, got {n.num_negatives}")
-    if n.pool_size < n.num_negatives + 1:
-        raise ConfigError(
-            f"negatives.pool_size ({n.pool_size}) must be >= num_negatives + 1 ({n.num_negatives + 1}): one pool "
-            "item may be the positive's own image"
-        )
-    if n.hard_source not in ("model", "itc"):
-        raise ConfigError(f"negatives.hard_source must be 'model' or 'itc', got {n.hard_source!r}")
-    if n.hard_start_step < 0 or n.hard_temperature < 0:
-        raise ConfigError("negatives.hard_start_step and negatives.hard_temperature must be >= 0")
-    w = cfg.loss
-    if min(w.bce, w.ce, w.triplet, w.itc) < 0 or (w.bce + w.ce + w.triplet + w.itc) == 0:
-        raise ConfigError("loss: weights must be >= 0 and at least one > 0")
-    if cfg.init_checkpoint and cfg.init_from_bert:
-        raise ConfigError("set at most one of 'init_checkpoint' and 'init_from_bert'")
-    if cfg.init_checkpoint and not (Path(cfg.init_checkpoint) / "config.json").is_file():
-        raise ConfigError(
-            f"init_checkpoint: {cfg.init_checkpoint} is not a checkpoint folder (no config.json)"
-        )
+    """Deprecated alias of FinetuneConfig.validate."""
+    cfg.validate()
 
 
 class _Indices(torch.utils.data.Dataset):
@@ -245,32 +261,80 @@ class RetrievalTask:
         dev = batch["input_ids"].device
         rows = torch.arange(b, device=dev).repeat_interleave(m)
         pool = torch.arange(m, device=dev).repeat(b) + b  # pool items follow the B positives
+        margin = self.neg.false_negative_margin
         with eval_mode(core):
             if self.neg.hard_source == "itc":
-                scores = self._itc_pool_scores(core, batch, b, m)
+                scores, positive = self._itc_pool_scores(core, batch, b, m)
             else:
                 scores = []
                 # caption b against the pool images, then image b against the pool captions
                 for text_rows, image_rows in ((rows, pool), (pool, rows)):
-                    out = []
-                    for s in range(0, len(rows), chunk):
-                        inp = self._pair_inputs(batch, text_rows[s : s + chunk], image_rows[s : s + chunk])
-                        out.append(core(**inp).scores.float())
-                    scores.append(torch.cat(out).view(b, m))
+                    scores.append(self._model_scores(core, batch, text_rows, image_rows, chunk).view(b, m))
+                positive = None
+                if margin is not None:
+                    pos = torch.arange(b, device=dev)
+                    positive = self._model_scores(core, batch, pos, pos, chunk)
         k = self.neg.num_negatives
-        temperature = self.neg.hard_temperature
         gen = torch.Generator().manual_seed(int(batch["mine_seed"].reshape(-1)[0]))
-        neg_img = select_hard(scores[0], batch["img_wrong"], k, temperature=temperature, generator=gen)
-        neg_cap = select_hard(scores[1], batch["cap_wrong"], k, temperature=temperature, generator=gen)
+        neg_img = self._pick(scores[0], batch["img_wrong"], positive, k, gen)
+        neg_cap = self._pick(scores[1], batch["cap_wrong"], positive, k, gen)
         return torch.from_numpy(neg_img).to(dev), torch.from_numpy(neg_cap).to(dev)
 
-    def _itc_pool_scores(self, core: nn.Module, batch: dict[str, Any], b: int, m: int) -> list[torch.Tensor]:
-        """Contrastive similarities: positives' captions vs pool images, positives' images vs pool captions."""
+    def _model_scores(
+        self,
+        core: nn.Module,
+        batch: dict[str, Any],
+        text_rows: torch.Tensor,
+        image_rows: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
+        out = []
+        for s in range(0, len(text_rows), chunk):
+            inp = self._pair_inputs(batch, text_rows[s : s + chunk], image_rows[s : s + chunk])
+            out.append(core(**inp).scores.float().reshape(-1))
+        return torch.cat(out)
+
+    def _pick(
+        self,
+        scores: torch.Tensor,
+        wrong: torch.Tensor,
+        positive: torch.Tensor | None,
+        k: int,
+        gen: torch.Generator,
+    ) -> np.ndarray:
+        """k wrong candidates per row: `hard_fraction` of them mined (among those not suspected to be unlabelled
+        matches), the rest drawn at random from the remaining wrong ones."""
+        scores = scores.detach().float().cpu()
+        wrong = torch.as_tensor(wrong).cpu().bool()
+        n_hard = min(k, max(1, round(k * self.neg.hard_fraction)))
+        eligible = wrong
+        if positive is not None and self.neg.false_negative_margin is not None:
+            limit = positive.detach().float().cpu().reshape(-1, 1) - self.neg.false_negative_margin
+            eligible = wrong & (scores <= limit)
+            short = eligible.sum(dim=1) < n_hard  # too few left: mine among every wrong one in that row
+            eligible = torch.where(short[:, None], wrong, eligible)
+        hard = select_hard(scores, eligible, n_hard, temperature=self.neg.hard_temperature, generator=gen)
+        if n_hard == k:
+            return hard
+        rest = wrong.clone()
+        rest[torch.arange(len(rest))[:, None], torch.from_numpy(hard)] = False
+        fill = np.empty((len(rest), k - n_hard), dtype=np.int64)
+        for r in range(len(rest)):
+            choices = torch.nonzero(rest[r]).reshape(-1)
+            fill[r] = choices[torch.randperm(len(choices), generator=gen)[: k - n_hard]].numpy()
+        return np.concatenate([hard, fill], axis=1)
+
+    def _itc_pool_scores(
+        self, core: nn.Module, batch: dict[str, Any], b: int, m: int
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Contrastive similarities: positives' captions vs pool images, positives' images vs pool captions, and
+        each positive pair's own similarity."""
         everything = torch.arange(b + m, device=batch["input_ids"].device)
         inp = self._pair_inputs(batch, everything, everything)
         text = core.encode_text(inp["input_ids"], inp["attention_mask"])
         image = core.encode_image(inp["region_features"], inp["region_locations"], inp["region_mask"])
-        return [text[:b] @ image[b:].t(), image[:b] @ text[b:].t()]
+        positive = (text[:b] * image[:b]).sum(dim=1)
+        return [text[:b] @ image[b:].t(), image[:b] @ text[b:].t()], positive
 
     def compute_loss(
         self, model: nn.Module, batch: dict[str, Any]
@@ -350,7 +414,7 @@ def run_finetuning(
     from imagebert.runtime.distributed import init_distributed, shutdown
     from imagebert.training.trainer import Trainer
 
-    validate_config(config)
+    config.validate()
     out = Path(out_dir or config.out_dir)
     info = init_distributed(config.training.device)
     try:

@@ -17,6 +17,7 @@ _LAZY = {
     "load_pretrain_config": "imagebert.tasks.pretraining",
     "run_pretraining": "imagebert.tasks.pretraining",
     "NonFiniteLossError": "imagebert.training.trainer",
+    "TaskLoss": "imagebert.training.trainer",
     "Trainer": "imagebert.training.trainer",
     "TrainerConfig": "imagebert.training.trainer",
     "TrainTask": "imagebert.training.trainer",

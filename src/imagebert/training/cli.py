@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         lock, _found = prepare_run(out, resume=args.resume, overwrite=args.overwrite, config_dict=to_dict(config),
                            refused=PRETRAIN_RESUME_REFUSED)  # fmt: skip
         final = run_pretraining(config, out_dir=out, resume=args.resume)
-    except (FileNotFoundError, NonFiniteLossError) as exc:
+    except NonFiniteLossError as exc:  # a missing file (FileNotFoundError) is reported by imagebert.cli.main
         raise CliError(str(exc)) from exc
     finally:
         if lock is not None:

@@ -605,6 +605,8 @@ class Trainer:
                         "loss": step_loss,
                         **{_metric_name(n): v for n, v in step_parts.items()},
                         "loss_avg": sums["loss"] / steps_since,
+                        # the same parts averaged over the steps since the last record (one step is noisy)
+                        **{f"{_metric_name(n)}_avg": sums[n] / steps_since for n in step_parts},
                         "grad_norm": grad_norm,
                         "samples_per_s": samples_since / elapsed,
                         "sample_unit": self.sample_unit,
