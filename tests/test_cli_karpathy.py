@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+import numpy as np
 import pytest
 
 from imagebert.cli import main
@@ -92,6 +93,16 @@ def test_custom_karpathy_captions_through_the_cli(tmp_path, tiny_bert_path, monk
     assert (report["num_images"], report["num_captions"], report["split"]) == (4, 8, "test")
     assert report["dataset"] == str(data / "mine.yaml")  # the cwd-relative --dataset, made absolute
     assert "flickr1k" in report["results"]
+    # the speed levers as flags: bf16-resident weights score the same pairs to bf16 accuracy
+    assert main(["evaluate", "--checkpoint", final, "--dataset", "mydata/mine.yaml", "--protocol", "flickr1k",
+                 "--precision", "bf16", "--weights", "bf16", "--compile", "off", "--batch-size", "32",
+                 "--out", "eval_bf16"]) == 0  # fmt: skip
+    fp32, bf16 = (
+        np.load(next((tmp_path / d / "score_cache").rglob("scores.npy"))) for d in ("eval", "eval_bf16")
+    )
+    assert fp32.shape == bf16.shape == (8, 4) and np.abs(fp32 - bf16).max() < 0.05 * max(
+        1.0, np.abs(fp32).max()
+    )
     capsys.readouterr()
     # a typo in the generic layout's settings is caught by name before any work
     (data / "bad.yaml").write_text(

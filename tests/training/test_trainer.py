@@ -324,3 +324,21 @@ def test_bf16_precision_comes_from_the_runtime_layer(tiny_bert, tmp_path):
         with t._autocast():
             y = torch.nn.functional.linear(torch.ones(2, 2), torch.ones(2, 2))
         assert y.dtype == (torch.bfloat16 if name == "bf16" else torch.float32)
+
+
+def test_host_values_reads_loss_and_parts_in_one_copy():
+    """The logged numbers are the tensors' values (NaN kept, so the finite check still sees it)."""
+    import math
+
+    from imagebert.training.trainer import _host_values
+
+    loss = torch.tensor(1.5, requires_grad=True) * 2
+    parts = {
+        "mlm": torch.tensor(0.25),
+        "itm_acc": torch.tensor([0.75]),
+        "mrfr": torch.tensor(float("nan")),
+        "x": None,
+    }
+    value, values = _host_values(loss, parts)
+    assert value == 3.0 and values["mlm"] == 0.25 and values["itm_acc"] == 0.75
+    assert math.isnan(values["mrfr"]) and "x" not in values

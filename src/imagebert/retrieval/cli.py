@@ -56,6 +56,12 @@ class EvaluateSettings:
         "run redoes little)"))  # fmt: skip
     setting: Literal["zero-shot", "fine-tuned"] | None = field(default=None, metadata=meta(
         "which paper rows to compare with (default: from the checkpoint)"))  # fmt: skip
+    weights: Literal["fp32", "bf16"] = field(default="fp32", metadata=meta(
+        "bf16: keep the encoder's weights in bf16 when --precision bf16 (no per-matmul casts; the score head "
+        "stays fp32): faster scoring, see BENCHMARKS.md"))  # fmt: skip
+    compile: Literal["off", "on", "auto"] = field(default="off", metadata=meta(
+        "torch.compile the cross-encoder (auto: on for long CUDA runs; on a CPU the compile time rarely pays "
+        "back)"))  # fmt: skip
     threads: str = threads_field()
 
     def validate(self) -> None:
@@ -148,7 +154,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CliError("--resume and --overwrite need --out")
     dataset = s.dataset  # a shipped name is already its file (config_utils: `config="datasets"` fields)
     opts = EvalOptions(mode=s.mode, ks_fast=list(s.k), fold_size=s.fold_size, device=s.device, precision=s.precision,
-                       batch_size=s.batch_size, block_captions=s.block[0], block_images=s.block[1])  # fmt: skip
+                       batch_size=s.batch_size, block_captions=s.block[0], block_images=s.block[1],
+                       weights=s.weights, compile=s.compile)  # fmt: skip
     apply_threads(s.threads)
     lock = None
     try:

@@ -556,14 +556,14 @@ class Trainer:
                     with ctx:
                         with self._autocast():
                             loss, parts = self.wrapped(batch)
-                        values = {n: float(p.detach().float()) for n, p in parts.items() if p is not None}
-                        self._check_finite(loss, values, good_rng, good_position)
+                        loss_value, values = _host_values(loss, parts)  # one device->host copy
+                        self._check_finite(loss_value, values, good_rng, good_position)
                         scaled = loss.float() / cfg.grad_accum_steps
                         if self.scaler is not None:
                             self.scaler.scale(scaled).backward()
                         else:
                             scaled.backward()
-                    step_loss += float(loss.detach()) / cfg.grad_accum_steps
+                    step_loss += loss_value / cfg.grad_accum_steps
                     for n, v in values.items():
                         step_parts[n] = step_parts.get(n, 0.0) + v / cfg.grad_accum_steps
                     step_samples += _batch_size(batch)
@@ -676,12 +676,12 @@ class Trainer:
 
     def _check_finite(
         self,
-        loss: torch.Tensor,
+        loss: float,
         parts: dict[str, float],
         good_rng: dict[str, Any],
         good_position: tuple[int, int],
     ) -> None:
-        bad_local = not math.isfinite(float(loss.detach()))
+        bad_local = not math.isfinite(loss)
         flag = all_reduce_sum(self.dist, torch.tensor([1.0 if bad_local else 0.0]))
         if float(flag[0]) == 0:
             return
@@ -741,6 +741,16 @@ def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = str(value)
     return out
+
+
+def _host_values(loss: torch.Tensor, parts: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """The loss and its logged parts as Python floats through one stacked copy: on CUDA each `float(t)` is a
+    host sync, so reading them one by one stalled the step once per part."""
+    names = [n for n, p in parts.items() if p is not None]
+    tensors = [loss.detach().float().reshape(())]
+    tensors += [torch.as_tensor(parts[n]).detach().float().reshape(()).to(tensors[0].device) for n in names]
+    flat = torch.stack(tensors).tolist()
+    return flat[0], dict(zip(names, flat[1:], strict=True))
 
 
 def _metric_name(part: str) -> str:
