@@ -38,7 +38,7 @@ class DemoSettings:
     seed: int = 0
     image_size: int = 256
     extract_size: int = 384  # letterbox side for the backbone: a 12 x 12 map at stride 32
-    pretrain_steps: int = 800  # 400 left ~7 of the 20 minutes unused; pre-training buys more recall per second
+    pretrain_steps: int = 800  # at 400 the demo used 13 of its 20 minutes: more recall per second here
     pretrain_batch: int = 32
     finetune_steps: int = 150
     finetune_batch: int = 16
