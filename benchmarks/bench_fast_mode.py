@@ -25,7 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.timing import command_line, fmt_spread, machine_line, one_thread, spread, write_outputs
+from benchmarks.timing import (
+    add_demo_checkpoint_arguments,
+    command_line,
+    fmt_spread,
+    machine_line,
+    one_thread,
+    spread,
+    write_outputs,
+)
 
 
 def _children_cpu() -> float:
@@ -125,9 +133,7 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default="/work/demo_out/finetune/best")
-    ap.add_argument("--dataset", default="/work/demo_out/dataset.yaml")
-    ap.add_argument("--split", default="test")
+    add_demo_checkpoint_arguments(ap)
     ap.add_argument("--k", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--reps", type=int, default=2, help="interleaved rounds (each runs every mode once)")
     ap.add_argument(

@@ -16,15 +16,22 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.timing import command_line, fmt_spread, machine_line, one_thread, spread, timed, write_outputs
+from benchmarks.timing import (
+    add_demo_checkpoint_arguments,
+    command_line,
+    fmt_spread,
+    machine_line,
+    one_thread,
+    spread,
+    timed,
+    write_outputs,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default="/work/demo_out/finetune/best")
-    ap.add_argument("--dataset", default="/work/demo_out/dataset.yaml")
-    ap.add_argument("--split", default="test")
+    add_demo_checkpoint_arguments(ap)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None)

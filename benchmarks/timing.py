@@ -140,6 +140,14 @@ def fmt_spread(x: float) -> str:
     return "n/a" if x == float("inf") else f"{100 * x:.1f}%"
 
 
+def add_demo_checkpoint_arguments(ap: Any) -> None:
+    """--checkpoint/--dataset/--split of the scripts that time a trained model: by default `make demo`'s
+    fine-tuned checkpoint and dataset, relative to the working directory (run from the repository root)."""
+    ap.add_argument("--checkpoint", default="demo_out/finetune/best")
+    ap.add_argument("--dataset", default="demo_out/dataset.yaml")
+    ap.add_argument("--split", default="test")
+
+
 def write_outputs(page: str, report: Any, out: str | None, json_path: str | None) -> None:
     """Print the results page, and write it and the raw report where asked: the one output path every
     benchmark script shares, so a results file is always exactly what was printed."""

@@ -316,13 +316,10 @@ class RetrievalTask:
         hard = select_hard(scores, eligible, n_hard, temperature=self.neg.hard_temperature, generator=gen)
         if n_hard == k:
             return hard
-        rest = wrong.clone()
-        rest[torch.arange(len(rest))[:, None], torch.from_numpy(hard)] = False
-        fill = np.empty((len(rest), k - n_hard), dtype=np.int64)
-        for r in range(len(rest)):
-            choices = torch.nonzero(rest[r]).reshape(-1)
-            fill[r] = choices[torch.randperm(len(choices), generator=gen)[: k - n_hard]].numpy()
-        return np.concatenate([hard, fill], axis=1)
+        rest = wrong.clone().numpy()
+        rest[np.arange(len(rest))[:, None], hard] = False
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        return np.concatenate([hard, self._random_wrong(rng, rest, k - n_hard)], axis=1)
 
     def _itc_pool_scores(
         self, core: nn.Module, batch: dict[str, Any], b: int, m: int
