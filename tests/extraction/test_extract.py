@@ -249,8 +249,10 @@ def test_detector_loading_errors_are_user_errors(tmp_path: Path, capsys) -> None
         load_detector("torchvision-frcnn", None)
     with pytest.raises(ValueError, match="unknown detector"):
         load_detector("yolo")
-    with pytest.raises(TypeError, match="did not return a Detector"):
+    with pytest.raises(ValueError, match="did not return a Detector"):
         load_detector("builtins:dict")
+    with pytest.raises(ValueError, match="cannot load the plug-in"):
+        load_detector("no_such_package_xyz:factory")
     ckpt = tmp_path / "frcnn.pth"
     ckpt.write_bytes(b"")
     (tmp_path / "imgs").mkdir()

@@ -118,3 +118,96 @@ def test_negative_pairs_carry_no_masked_task_loss(tiny_bert):
     assert torch.allclose(
         loss, task.tasks.itm_weight * parts["itm"]
     )  # the summed loss weighs ITM (default 4)
+
+
+def _itc_task(tiny_bert, fraction: float, num_images: int = 6, captions_per_image: int = 5):
+    from imagebert.modeling import ImageBertConfig, load_tokenizer
+    from imagebert.modeling.tasks import PretrainingTasks
+
+    caps, recs = make_corpus(num_images=num_images, captions_per_image=captions_per_image)
+    pool = PairPool([InMemoryPairDataset(caps, recs)])
+    cfg = ImageBertConfig.from_bert_checkpoint(tiny_bert, **tiny_model_overrides())
+    itm = ItmConfig(itc_negative_fraction=fraction)
+    task = PretrainTask(
+        pool, load_tokenizer(tiny_bert), cfg, MaskingConfig(), itm, PretrainingTasks(itc=True)
+    )
+    return task, pool
+
+
+def test_in_batch_negatives_keep_the_matched_pair_and_mark_the_swap(tiny_bert):
+    task, pool = _itc_task(tiny_bert, fraction=1.0)
+    gen = torch.Generator().manual_seed(0)
+    swapped = both = 0
+    for _ in range(100):
+        items = [pool[i] for i in torch.randint(len(pool), (8,), generator=gen).tolist()]
+        pairs, labels, (swap, groups) = task.choose_negatives(items, gen)
+        for k, ((_, cap, rec), (new_rec, text), label) in enumerate(zip(items, pairs, labels)):
+            assert new_rec is rec and text == cap.text  # the model does the swapping
+            assert (label == 0) == (int(swap[k]) != 0)
+            swapped += int(swap[k]) != 0
+            both += int(swap[k]) == 2
+        same_image = [[a[1].image_id == b[1].image_id for b in items] for a in items]
+        assert torch.equal(groups[:, None] == groups[None, :], torch.tensor(same_image))
+    assert abs(swapped / 800 - 0.5) < 0.05 and abs(both / swapped - 0.5) < 0.1
+    # a batch of one image has nothing to swap with: no in-batch negatives
+    one = [pool[0]] * 4
+    _, labels, (swap, _) = task.choose_negatives(one, gen)
+    assert int(swap.abs().sum()) == 0
+
+
+def test_in_batch_negatives_need_itc():
+    import pytest
+
+    from imagebert.config_utils import ConfigError
+    from imagebert.tasks.pretraining import PretrainConfig, StageConfig
+
+    cfg = PretrainConfig(stages=[StageConfig(name="s", steps=1)], itm=ItmConfig(itc_negative_fraction=0.5))
+    with pytest.raises(ConfigError, match="tasks.itc"):
+        cfg.validate(check_paths=False)
+    cfg.tasks.itc = True
+    cfg.validate(check_paths=False)
+    cfg.itm.itc_negative_fraction = 1.5
+    with pytest.raises(ConfigError, match="itc_negative_fraction"):
+        cfg.validate(check_paths=False)
+
+
+def test_model_draws_the_partner_from_another_image_by_similarity(tiny_bert):
+    from imagebert.modeling import ImageBertForPreTraining
+
+    torch.manual_seed(0)
+    # the image-only ITC pass starts with [CLS]: the tiny vocabulary's id (2), not BERT's 101
+    model = ImageBertForPreTraining.init_from_bert(tiny_bert, **tiny_model_overrides(), cls_token_id=2).eval()
+    # rows 0,1 show image A, rows 2,3 image B, row 4 image C; caption 3 is by far the closest to image 0
+    text = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    image = text.clone()
+    image[0] = text[3]
+    groups = torch.tensor([0, 0, 1, 1, 2])
+    swap = torch.tensor([1, 2, 1, 0, 2])
+    with torch.no_grad():
+        model.itc_logit_scale.fill_(4.6)  # scale 100: the draw follows the similarity closely
+    for _ in range(20):
+        partner = model._draw_partners(text, image, swap, groups)
+        for i in (0, 1, 2, 4):
+            assert groups[partner[i]] != groups[i]
+        assert int(partner[0]) == 3
+    # the warm-up draws uniformly over the other images' rows
+    torch.manual_seed(1)
+    drawn = {int(model._draw_partners(text, image, swap, groups, by_similarity=False)[0]) for _ in range(40)}
+    assert drawn == {2, 3, 4}
+    # the forward puts the partner's caption / image into the swapped rows and ITC sees only matched rows
+    task, pool = _itc_task(tiny_bert, fraction=1.0)
+    items = [pool[i] for i in (0, 5, 10, 15, 20, 25)]  # six different images
+    batch = task.build_batch(items, torch.Generator().manual_seed(3))
+    assert int(batch["itm_swap"].ne(0).sum()) > 0
+    model.tasks = task.tasks
+    loss, parts = task.compute_loss(model, batch)
+    assert torch.isfinite(loss) and "itc" in parts and "itm" in parts and "itm_random" in parts
+    # the task switches from the uniform draw to the similarity draw at itm.itc_negative_start_step
+    seen = []
+    real_forward = model.forward
+    model.forward = lambda **kw: seen.append(kw["itm_swap_by_similarity"]) or real_forward(**kw)
+    task.itm.itc_negative_start_step = 10
+    for step in (0, 9, 10):
+        task.current_step = step
+        task.compute_loss(model, batch)
+    assert seen == [False, False, True]

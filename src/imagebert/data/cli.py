@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from imagebert.config_utils import ConfigError, add_config_arguments, add_config_file_arguments, meta
-from imagebert.errors import InputError
 from imagebert.runtime.threads import threads_field
 
 FORMATS = ("butd-tsv", "lxmert-tsv", "npz-butd", "npz-uniter", "hdf5")
@@ -104,12 +103,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ds.set_defaults(func=lambda a: (ds.print_help(), 1)[1])
 
 
-def _cli_error(exc: Exception):
-    from imagebert.cli import CliError
-
-    return CliError(str(exc))
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     from imagebert.config_utils import load_command_config
     from imagebert.data.formats import read_image_sizes
@@ -133,16 +126,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         selection = BoxSelection(top_n=s.top_n)
     else:
         selection = None
-    try:
-        sizes = read_image_sizes(s.image_sizes) if s.image_sizes else None
-        report = import_features(
-            s.format, s.sources, s.out, box_selection=selection, dtype=s.dtype, skip_bad=s.skip_bad,
-            rejects=s.rejects, allow_pickle=s.allow_pickle, image_sizes=sizes, allow_empty=s.allow_empty,
-        )  # fmt: skip
-    except ValueError as exc:
-        if isinstance(exc, InputError | ConfigError):
-            raise
-        raise _cli_error(exc) from exc
+    sizes = read_image_sizes(s.image_sizes) if s.image_sizes else None
+    report = import_features(
+        s.format, s.sources, s.out, box_selection=selection, dtype=s.dtype, skip_bad=s.skip_bad,
+        rejects=s.rejects, allow_pickle=s.allow_pickle, image_sizes=sizes, allow_empty=s.allow_empty,
+    )  # fmt: skip
     print(f"imported {report.added} images into {s.out}; {report.already_present} already present (resumed)")
     if report.skipped:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(report.skipped.items()))

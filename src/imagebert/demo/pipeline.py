@@ -456,8 +456,9 @@ def _write_report(
 def _learning_health_lines(out: Path, detector: dict[str, Any] | None) -> list[str]:
     """ITM loss and accuracy over the last logged steps of each pre-training run, and any chance warnings."""
     lines = ["## Learning health (pre-training)", "",
-             "| run | ITM loss, last 5 logging windows | ITM accuracy, last 5 logging windows | warnings |",
-             "|---|---|---|---|"]  # fmt: skip
+             "| run | ITM loss, last 5 logging windows | ITM loss, random negatives only | "
+             "ITM accuracy, last 5 logging windows | warnings |",
+             "|---|---|---|---|---|"]  # fmt: skip
     runs = [("EfficientNet features", out / "pretrain")]
     if detector is not None:
         runs.append(("detector-like features", detector["dir"] / "pretrain"))
@@ -473,9 +474,13 @@ def _learning_health_lines(out: Path, detector: dict[str, Any] | None) -> list[s
         # each record's window mean (`*_avg`: every step since the previous record), else its own step
         loss = sum(r.get("loss_itm_avg", r["loss_itm"]) for r in last) / len(last)
         acc = sum(r.get("itm_acc_avg", r.get("itm_acc", float("nan"))) for r in last) / len(last)
-        lines.append(f"| {name} | {loss:.3f} | {acc:.3f} | {'; '.join(warnings) or 'none'} |")
+        plain = [r.get("loss_itm_random_avg", r.get("loss_itm_random")) for r in last]
+        plain_text = f"{sum(plain) / len(plain):.3f}" if None not in plain else "(all random)"
+        lines.append(f"| {name} | {loss:.3f} | {plain_text} | {acc:.3f} | {'; '.join(warnings) or 'none'} |")
     lines += ["", "Each logging window averages every step since the previous record (`training.log_every`, 10: "
-              "the last 50 steps). Chance is ln 2 = 0.693 (half the pairs are negatives). A warning names a task "
+              "the last 50 steps). Chance is ln 2 = 0.693 (half the pairs are negatives). With in-batch negatives "
+              "(`itm.itc_negative_fraction`) the first loss mixes them with the random ones; the second is the "
+              "paper's ITM: the positives against the random negatives only. A warning names a task "
               "whose loss stayed within 3% of chance for 100 steps (`training.chance_warning_steps`).", ""]  # fmt: skip
     return lines
 

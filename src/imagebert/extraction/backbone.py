@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from imagebert.config_utils import ConfigError
 from imagebert.runtime.backbone import EfficientNetLite0Backbone
 
 __all__ = ["BACKBONES", "EfficientNetLite0Backbone", "load_backbone", "register_backbone"]
@@ -34,6 +35,6 @@ def load_backbone(
 ) -> nn.Module:
     """Build a registered backbone on `device`, frozen and in eval mode."""
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+        raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
     model = BACKBONES[name](weights_path=weights_path)
     return model.to(device).eval()

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from imagebert.config_utils import ConfigError
 from imagebert.errors import InputError
 
 __all__ = [
@@ -175,7 +176,7 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 def grid_boxes(width: int, height: int, n: int) -> np.ndarray:
     """The whole-image box followed by an `n x n` grid of cells (row-major): `[1 + n*n, 4]` float32."""
     if n < 1:
-        raise ValueError(f"grid size must be >= 1, got {n}")
+        raise ConfigError(f"grid size must be >= 1, got {n}")
     xs = np.linspace(0.0, float(width), n + 1)
     ys = np.linspace(0.0, float(height), n + 1)
     cells = [[xs[j], ys[i], xs[j + 1], ys[i + 1]] for i in range(n) for j in range(n)]
@@ -239,7 +240,7 @@ class TorchvisionFasterRCNNDetector:
             state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
             self.model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
         except Exception as exc:  # unreadable file, wrong architecture or class count
-            raise ValueError(f"cannot load detector checkpoint {checkpoint}: {exc}") from exc
+            raise InputError(f"cannot load detector checkpoint: {exc}", path=checkpoint) from exc
         self.model.to(device).eval()
         self.device = device
         self.class_names = class_names or [str(i) for i in range(num_classes - 1)]
@@ -263,18 +264,26 @@ class TorchvisionFasterRCNNDetector:
 
 def load_detector(spec: str, checkpoint: str | None = None, device: str = "cpu") -> Detector:
     """`torchvision-frcnn` (needs `checkpoint`) or a plug-in `package.module:factory` called as
-    `factory(checkpoint=..., device=...)` that returns a `Detector`."""
+    `factory(checkpoint=..., device=...)` that returns a `Detector`. A bad choice is a ConfigError."""
     if spec == "torchvision-frcnn":
         if not checkpoint:
-            raise ValueError("--detector torchvision-frcnn needs --detector-checkpoint")
-        return TorchvisionFasterRCNNDetector(checkpoint, device=device)
+            raise ConfigError("--detector torchvision-frcnn needs --detector-checkpoint")
+        try:
+            return TorchvisionFasterRCNNDetector(checkpoint, device=device)
+        except ImportError as exc:
+            raise ConfigError(f"--detector torchvision-frcnn: {exc}") from exc
     if ":" not in spec:
-        raise ValueError(f"unknown detector {spec!r}: use torchvision-frcnn or package.module:factory")
+        raise ConfigError(f"unknown detector {spec!r}: use torchvision-frcnn or package.module:factory")
     import importlib
 
     module_name, _, attr = spec.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--detector {spec}: cannot load the plug-in: {exc}") from exc
     detector = factory(checkpoint=checkpoint, device=device)
     if not isinstance(detector, Detector):
-        raise TypeError(f"{spec} did not return a Detector (needs class_names and detect(image))")
+        raise ConfigError(
+            f"--detector {spec} did not return a Detector (needs class_names and detect(image))"
+        )
     return detector

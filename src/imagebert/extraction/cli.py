@@ -91,7 +91,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from imagebert.cli import CliError
     from imagebert.config_utils import load_command_config
-    from imagebert.errors import InputError
     from imagebert.extraction.boxes import load_detector
     from imagebert.extraction.extract import extract
     from imagebert.rundir import open_run_dir
@@ -108,13 +107,8 @@ def run(args: argparse.Namespace) -> int:
     lock = open_run_dir(s.out, resume=args.resume, overwrite=args.overwrite, what="feature store")
     if lock is not None:
         lock.release()  # the store writer takes its own lock
-    try:
-        detector = load_detector(s.detector, s.detector_checkpoint, cfg.device) if s.detector else None
-        report = extract(s.images, s.out, cfg, boxes=s.boxes, detector=detector, image_root=s.image_root)
-    except (ValueError, ImportError, FileNotFoundError, TypeError) as exc:
-        if isinstance(exc, InputError | ConfigError | ModuleNotFoundError):
-            raise
-        raise CliError(str(exc)) from exc
+    detector = load_detector(s.detector, s.detector_checkpoint, cfg.device) if s.detector else None
+    report = extract(s.images, s.out, cfg, boxes=s.boxes, detector=detector, image_root=s.image_root)
     print(report.summary())
     for name, reason in report.rejects[:20]:
         print(f"  rejected {name}: {reason}", file=sys.stderr)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imagebert.config_utils import ConfigError
 from imagebert.data.types import RegionRecord
 from imagebert.errors import InputError
 from imagebert.extraction.backbone import load_backbone
@@ -129,7 +130,7 @@ def _image_id(name: str, boxes: ImageBoxes | None, id_mode: str) -> str:
         if boxes is None:
             raise ImageRejected("id mode coco-id needs a box file entry")
         return str(boxes.coco_id)
-    raise ValueError(f"unknown id mode {id_mode!r} (stem, path, coco-id)")
+    raise ConfigError(f"unknown id mode {id_mode!r} (stem, path, coco-id)")
 
 
 def collect_items(
@@ -330,11 +331,11 @@ def extract(
     """
     cfg = config or ExtractionConfig()
     if cfg.image_size < 32 or cfg.batch_size < 1 or cfg.pool_size < 1 or cfg.sampling_ratio < 1:
-        raise ValueError("image_size >= 32, batch_size, pool_size and sampling_ratio >= 1 are required")
+        raise ConfigError("image_size >= 32, batch_size, pool_size and sampling_ratio >= 1 are required")
     if cfg.max_pixels < 1:
-        raise ValueError(f"max_pixels must be >= 1, got {cfg.max_pixels}")
+        raise ConfigError(f"max_pixels must be >= 1, got {cfg.max_pixels}")
     if boxes is not None and detector is not None:
-        raise ValueError("give a box file or a detector, not both")
+        raise ConfigError("give a box file or a detector, not both")
     started = time.perf_counter()
     out = Path(out)
     box_file = boxes if isinstance(boxes, BoxFile) or boxes is None else load_box_file(boxes)
@@ -346,7 +347,7 @@ def extract(
     net = backbone if backbone is not None else load_backbone(cfg.backbone, device, cfg.weights_path)
     net = net.to(device).eval()
     if cfg.image_size % net.stride:
-        raise ValueError(f"image_size must be a multiple of {net.stride}, got {cfg.image_size}")
+        raise ConfigError(f"image_size must be a multiple of {net.stride}, got {cfg.image_size}")
     _check_settings(out, cfg, box_kind)
     if box_file is not None:
         (out / CATEGORIES_FILE).write_text(

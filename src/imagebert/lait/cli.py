@@ -111,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     lock = open_run_dir(args.out, resume=args.resume, overwrite=args.overwrite, what="LAIT output folder")
     try:
         summary = run_lait(args.inputs, args.out, cfg, scheduler=args.scheduler)
-    except (FileNotFoundError, ValueError, LaitRunError) as exc:
+    except LaitRunError as exc:
         raise CliError(str(exc)) from exc
     finally:
         if lock is not None:

@@ -579,6 +579,47 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
         self.cls.predictions.decoder = new_embeddings
         self.cls.predictions.bias = new_embeddings.bias
 
+    def _itc_embeddings(
+        self,
+        ids: torch.Tensor,
+        ids_mask: torch.Tensor | None,
+        features: torch.Tensor,
+        dtype: torch.dtype,
+        locations: torch.Tensor,
+        region_mask: torch.Tensor | None,
+        rows: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text-only and image-only embeddings of the given rows (all when `rows` is None)."""
+        if rows is not None:
+            ids, features, locations = ids[rows], features[rows], locations[rows]
+            ids_mask = None if ids_mask is None else ids_mask[rows]
+            region_mask = None if region_mask is None else region_mask[rows]
+        return self.encode_text(ids, ids_mask), self.encode_image(features.to(dtype), locations, region_mask)
+
+    def _draw_partners(
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        swap: torch.Tensor,
+        groups: torch.Tensor,
+        by_similarity: bool = True,
+    ) -> torch.Tensor:
+        """For each swapped row, another row drawn with probability softmax(scale * similarity) over the rows of
+        other images (uniformly when not `by_similarity`): the caption for a kept image (swap 1), the image for a
+        kept caption (swap 2)."""
+        sim = image @ text.t()  # [i, j]: image i with caption j
+        sim = torch.where((swap == 1)[:, None], sim, sim.t())
+        same = groups[:, None] == groups[None, :]
+        need = swap != 0
+        if self.validate_inputs and bool((same[need].all(dim=1)).any()):
+            raise ValueError(
+                "itm_swap: a swapped row has no row of another image in its batch (see pair_groups)"
+            )
+        scale = self.itc_logit_scale.detach().exp().clamp(max=100.0).float() if by_similarity else 0.0
+        logits = (scale * sim.float()).masked_fill(same, float("-inf"))
+        logits = torch.where(need[:, None], logits, torch.zeros_like(logits))
+        return torch.multinomial(logits.softmax(dim=-1), 1).squeeze(-1)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -593,10 +634,49 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
         itm_labels: torch.Tensor | None = None,
         itc_input_ids: torch.Tensor | None = None,
         itc_attention_mask: torch.Tensor | None = None,
+        itm_swap: torch.Tensor | None = None,
+        pair_groups: torch.Tensor | None = None,
+        itm_swap_by_similarity: bool = True,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
     ) -> ImageBertForPreTrainingOutput:
+        """`itm_swap` (B,) turns rows into in-batch ITM negatives (1: another row's caption, 2: another row's
+        image; `itm_labels` 0 there), the other row drawn by ITC similarity among the rows that are matched pairs
+        as given (label 1 or swapped), never one of the same `pair_groups` (image); ITC runs on those rows.
+        `itm_swap_by_similarity=False` draws that row uniformly instead (a warm-up)."""
         cfg, tasks = self.config, self.tasks
+        losses: dict[str, torch.Tensor] = {}
+        if itm_swap is not None:
+            if not tasks.itc or region_features is None or input_ids is None:
+                raise ValueError(
+                    "itm_swap (ITM negatives drawn by ITC similarity) needs tasks.itc and both inputs"
+                )
+            swap = itm_swap.to(input_ids.device)
+            # rows whose pair is a true match as given: the unswapped positives and the rows to be swapped
+            clean = (swap != 0) if itm_labels is None else (swap != 0) | (itm_labels.to(swap.device) == 1)
+            clean_rows = clean.nonzero().squeeze(-1)
+            text, image = self._itc_embeddings(
+                input_ids if itc_input_ids is None else itc_input_ids,
+                attention_mask if itc_input_ids is None else itc_attention_mask,
+                mrfr_targets if mrfr_targets is not None else region_features,
+                region_features.dtype, region_locations, region_mask, clean_rows,
+            )  # fmt: skip
+            losses["itc"] = contrastive_loss_from_log_scale(text, image, self.itc_logit_scale)
+            groups = clean_rows if pair_groups is None else pair_groups.to(swap.device)[clean_rows]
+            partner = clean_rows[
+                self._draw_partners(
+                    text.detach(), image.detach(), swap[clean_rows], groups, itm_swap_by_similarity
+                )
+            ]
+            partner = torch.zeros_like(swap).index_copy_(0, clean_rows, partner)
+            rows = torch.arange(swap.shape[0], device=swap.device)
+            text_rows = torch.where(swap == 1, partner, rows)
+            image_rows = torch.where(swap == 2, partner, rows)
+            input_ids = input_ids[text_rows]
+            attention_mask = None if attention_mask is None else attention_mask[text_rows]
+            region_features = region_features[image_rows]
+            region_locations = None if region_locations is None else region_locations[image_rows]
+            region_mask = None if region_mask is None else region_mask[image_rows]
         out = self.bert(
             input_ids, attention_mask, region_features, region_locations, region_mask,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
@@ -608,7 +688,6 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
             if itm_labels is not None
             else torch.ones(batch, dtype=torch.bool, device=device)
         )
-        losses: dict[str, torch.Tensor] = {}
 
         if tasks.mlm and mlm_labels is not None and out.text_hidden_states is not None:
             where = (mlm_labels != -100) & matched[:, None]
@@ -640,17 +719,13 @@ class ImageBertForPreTraining(_ContrastiveMixin, ImageBertPreTrainedModel):
         if tasks.itm and itm_labels is not None:
             losses["itm"] = F.binary_cross_entropy_with_logits(itm_logits, itm_labels.float())
 
-        if tasks.itc and region_features is not None and input_ids is not None:
-            ids = itc_input_ids if itc_input_ids is not None else input_ids
-            ids_mask = itc_attention_mask if itc_input_ids is not None else attention_mask
-            feats = mrfr_targets if mrfr_targets is not None else region_features
-            rows = matched.nonzero().squeeze(-1)
-            text = self.encode_text(ids[rows], None if ids_mask is None else ids_mask[rows])
-            image = self.encode_image(
-                feats[rows].to(region_features.dtype),
-                region_locations[rows],
-                None if region_mask is None else region_mask[rows],
-            )
+        if tasks.itc and itm_swap is None and region_features is not None and input_ids is not None:
+            text, image = self._itc_embeddings(
+                input_ids if itc_input_ids is None else itc_input_ids,
+                attention_mask if itc_input_ids is None else itc_attention_mask,
+                mrfr_targets if mrfr_targets is not None else region_features,
+                region_features.dtype, region_locations, region_mask, matched.nonzero().squeeze(-1),
+            )  # fmt: skip
             losses["itc"] = contrastive_loss_from_log_scale(text, image, self.itc_logit_scale)
 
         weights = {name: tasks.weight(name) for name in TASK_NAMES}

@@ -163,10 +163,6 @@ def _evaluate(args: argparse.Namespace) -> int:
             lock = open_run_dir(s.out, resume=args.resume, overwrite=args.overwrite, what="evaluation folder")
         report = evaluate_checkpoint(s.checkpoint, dataset, split=s.split, protocol=s.protocol,
                                      out_dir=s.out, options=opts, setting=s.setting)  # fmt: skip
-    except (FileNotFoundError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise CliError(str(exc)) from exc
     finally:
         if lock is not None:
             lock.release()

@@ -33,6 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
+from imagebert.errors import InputError
 from imagebert.runtime.atomic import atomic_save_npy, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class ScoreCache:
                 old = None
                 log.warning("%s: unreadable manifest.json; the score cache is rebuilt", self.dir)
             if old is not None and old != json.loads(json.dumps(self.fingerprint)):
-                raise ValueError(
+                raise InputError(
                     f"{self.dir}: the score cache belongs to a different evaluation ({old}); "
                     "use another cache directory or delete this one"
                 )
@@ -200,7 +201,7 @@ class ScoreCache:
         if (
             problem is not None
         ):  # rank 0 checked it in create(); a change since then is not ours to paper over
-            raise ValueError(f"{self.scores_path}: {problem}; delete the score cache and run again")
+            raise InputError(f"{self.scores_path}: {problem}; delete the score cache and run again")
         return np.lib.format.open_memmap(self.scores_path, mode="r+")
 
     def recorded_checksums(self) -> list[np.ndarray]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imagebert.config_utils import ConfigError
 from imagebert.retrieval.engine import score_matrix
 from imagebert.retrieval.metrics import DEFAULT_KS, RecallResult, fold_indices, mean_results, recall_at_k
 from imagebert.retrieval.paper import markdown_table
@@ -84,7 +85,7 @@ def protocol_units(
         if gallery.num_images >= opts.fold_size * opts.num_folds:
             return {"coco5k": whole, "coco1k": folds()}
         return {"flickr1k": whole}
-    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 
 def _cache(opts: EvalOptions, name: str) -> str | None:
@@ -201,7 +202,7 @@ def evaluate_gallery(
     units = protocol_units(protocol, gallery, opts)
     modes = ["exhaustive", "fast"] if opts.mode == "both" else [opts.mode]
     if any(m not in ("exhaustive", "fast") for m in modes):
-        raise ValueError(f"mode must be exhaustive, fast or both, got {opts.mode!r}")
+        raise ConfigError(f"mode must be exhaustive, fast or both, got {opts.mode!r}")
     out: dict[str, Any] = {}
     whole_matrix: np.ndarray | None = None
     for name, parts in units.items():
@@ -324,7 +325,7 @@ def evaluate_checkpoint(
             ds = dataset
         gallery = gallery_from_dataset(ds)
         if gallery.num_captions == 0:
-            raise ValueError(f"split '{split}' has no captions")
+            raise ConfigError(f"split '{split}' has no captions")
         results = evaluate_gallery(model, collator, gallery, protocol, opts)
         setting = setting or checkpoint_setting(checkpoint)
         report = {

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -44,6 +45,13 @@ class ItmConfig:
     caption_swap_fraction: float = (
         0.5  # of the negatives: keep the image, swap in a random caption (rest: swap image)
     )
+    # Share of the negatives whose other half comes from the same batch, drawn in proportion to the contrastive
+    # (ITC) similarity, ALBEF-style, so ITM sees pairs that are hard to tell apart (needs tasks.itc). 0 = all
+    # random from the data (the paper). All in-batch (1.0) kept ITM at chance on the demo (docs/training.md).
+    itc_negative_fraction: float = 0.0
+    # Before this optimizer step the in-batch partner is drawn uniformly (a plain random negative), so ITM first
+    # learns the easy part; mining from the start kept ITM at chance twice as long on the demo (docs/training.md).
+    itc_negative_start_step: int = 0
 
 
 @dataclass
@@ -100,6 +108,18 @@ class PretrainConfig:
         if not 0 <= self.itm.caption_swap_fraction <= 1:
             raise ConfigError(
                 f"itm.caption_swap_fraction must lie in [0, 1], got {self.itm.caption_swap_fraction}"
+            )
+        if self.itm.itc_negative_start_step < 0:
+            raise ConfigError(
+                f"itm.itc_negative_start_step must be >= 0, got {self.itm.itc_negative_start_step}"
+            )
+        if not 0 <= self.itm.itc_negative_fraction <= 1:
+            raise ConfigError(
+                f"itm.itc_negative_fraction must lie in [0, 1], got {self.itm.itc_negative_fraction}"
+            )
+        if self.itm.itc_negative_fraction > 0 and not self.tasks.itc:
+            raise ConfigError(
+                "itm.itc_negative_fraction draws negatives by ITC similarity: also set tasks.itc=true"
             )
         if check_paths:
             for key in ("init_from_bert", "init_from_checkpoint"):
@@ -189,6 +209,7 @@ class PretrainTask:
     MODEL_KEYS = (
         "input_ids", "attention_mask", "region_features", "region_locations", "region_mask", "mlm_labels",
         "region_masked", "moc_labels", "mrfr_targets", "itm_labels", "itc_input_ids", "itc_attention_mask",
+        "itm_swap", "pair_groups",
     )  # fmt: skip
 
     def __init__(
@@ -212,6 +233,11 @@ class PretrainTask:
         self.tasks = tasks
         self.use_itm = tasks.itm and itm.negative_ratio > 0
         self.use_itc = tasks.itc
+        self.current_step = 0  # set by the Trainer before each step (the in-batch negatives' warm-up)
+        if self.use_itm and itm.itc_negative_fraction > 0 and not self.use_itc:
+            raise ConfigError(
+                "itm.itc_negative_fraction draws negatives by ITC similarity: also set tasks.itc=true"
+            )
         # Chance-level losses for the learning-health monitor: ITM's constant-prediction BCE at this negative rate.
         p = itm.negative_ratio
         self.chance_losses = (
@@ -227,18 +253,50 @@ class PretrainTask:
 
     def choose_pairs(self, items: list[tuple[int, Any, Any]], gen: torch.Generator) -> tuple[list, list[int]]:
         """Turn some matched pairs into negatives; returns ((record, text) pairs, itm labels)."""
+        pairs, labels, _ = self.choose_negatives(items, gen)
+        return pairs, labels
+
+    def choose_negatives(
+        self, items: list[tuple[int, Any, Any]], gen: torch.Generator
+    ) -> tuple[list, list[int], tuple[torch.Tensor, torch.Tensor] | None]:
+        """Like choose_pairs, plus (itm_swap, pair_groups) when some negatives are to be drawn inside the batch
+        by ITC similarity (itm.itc_negative_fraction > 0): those rows keep their matched pair here, label 0, and
+        the model swaps in another row's caption (itm_swap 1) or image (2) of a different image group."""
         n = len(items)
         labels = [1] * n
         pairs = [(rec, cap.text) for _, cap, rec in items]
         if not self.use_itm or n == 0:
-            return pairs, labels
+            return pairs, labels, None
         # Stochastic rounding keeps the expected ratio exact even for tiny batches.
         u = float(torch.rand((), generator=gen))
         n_neg = min(n, int(math.floor(n * self.itm.negative_ratio + u)))
         order = torch.randperm(n, generator=gen).tolist()
         swap_caption = torch.rand(n, generator=gen) < self.itm.caption_swap_fraction
+        swaps = None
+        if self.itm.itc_negative_fraction > 0:
+            group_of: dict[Any, int] = {}
+            groups = [group_of.setdefault((d, cap.image_id), len(group_of)) for d, cap, _ in items]
+            in_batch = torch.rand(n, generator=gen) < self.itm.itc_negative_fraction
+            if len(group_of) < 2:  # one image in the batch: nothing to swap with
+                in_batch[:] = False
+            swaps = (torch.zeros(n, dtype=torch.long), torch.tensor(groups, dtype=torch.long))
+        if swaps is not None:
+            for i in order[:n_neg]:
+                if bool(in_batch[i]):
+                    swaps[0][i], labels[i] = (1 if bool(swap_caption[i]) else 2), 0
+            # a swapped row needs an unswapped-or-swapped matched row of another image (random negatives are not
+            # matched pairs); rows without one take a random negative below instead
+            negatives, changed = set(order[:n_neg]), True
+            while changed:
+                changed = False
+                clean = [j for j in range(n) if j not in negatives or bool(in_batch[j])]
+                for i in negatives:
+                    if bool(in_batch[i]) and all(groups[j] == groups[i] for j in clean):
+                        in_batch[i], swaps[0][i], labels[i], changed = False, 0, 1, True
         for i in order[:n_neg]:
             d, cap, rec = items[i]
+            if swaps is not None and bool(in_batch[i]):
+                continue
             if bool(swap_caption[i]):
                 other = self.pool.random_caption((d, cap.image_id), gen)
                 if other is not None:
@@ -247,11 +305,13 @@ class PretrainTask:
                 other_rec = self.pool.random_record((d, cap.image_id), gen)
                 if other_rec is not None:
                     pairs[i], labels[i] = (other_rec, cap.text), 0
-        return pairs, labels
+        return pairs, labels, swaps
 
     def build_batch(self, items: list[tuple[int, Any, Any]], generator: torch.Generator) -> dict[str, Any]:
-        pairs, labels = self.choose_pairs(items, generator)
+        pairs, labels, swaps = self.choose_negatives(items, generator)
         batch = self.collator(pairs)
+        if swaps is not None:
+            batch["itm_swap"], batch["pair_groups"] = swaps
         if self.use_itc:  # the contrastive passes read the words before masking
             batch["itc_input_ids"] = batch["input_ids"].clone()
             batch["itc_attention_mask"] = batch["attention_mask"]
@@ -275,7 +335,10 @@ class PretrainTask:
     def compute_loss(
         self, model: nn.Module, batch: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = model(**{k: batch[k] for k in self.MODEL_KEYS if k in batch})
+        inputs = {k: batch[k] for k in self.MODEL_KEYS if k in batch}
+        if "itm_swap" in inputs:
+            inputs["itm_swap_by_similarity"] = self.current_step >= self.itm.itc_negative_start_step
+        out = model(**inputs)
         parts = {
             name: getattr(out, f"{name}_loss")
             for name in ("mlm", "moc", "mrfr", "itm", "itc")
@@ -284,6 +347,13 @@ class PretrainTask:
         if "itm" in parts and out.itm_logits is not None:
             labels = batch["itm_labels"].to(out.itm_logits.device)
             parts["itm_acc"] = ((out.itm_logits.detach() > 0).long() == labels).float().mean()
+            if "itm_swap" in batch:
+                # the paper's ITM (positives against random negatives) beside the mix that includes the harder
+                # in-batch negatives, so runs with and without them compare on the same measure
+                plain = batch["itm_swap"].to(labels.device) == 0
+                parts["itm_random"] = F.binary_cross_entropy_with_logits(
+                    out.itm_logits.detach()[plain], labels[plain].float()
+                )
         return out.loss, parts
 
 
