@@ -34,7 +34,8 @@ VARIANTS = {
     "without MOC": ["tasks.moc=false"],
     "without MRFR": ["tasks.mrfr=false"],
     "without ITM": ["tasks.itm=false"],
-    "without ITC (the paper's four tasks)": ["tasks.itc=false"],
+    "random ITM negatives only (no in-batch ITC-drawn ones)": ["itm.itc_negative_fraction=0"],
+    "without ITC (the paper's four tasks)": ["tasks.itc=false", "itm.itc_negative_fraction=0"],
 }
 
 

@@ -119,7 +119,7 @@ class PretrainConfig:
             )
         if self.itm.itc_negative_fraction > 0 and not self.tasks.itc:
             raise ConfigError(
-                "itm.itc_negative_fraction draws negatives by ITC similarity: also set tasks.itc=true"
+                "itm.itc_negative_fraction draws negatives by ITC similarity: set tasks.itc=true or itm.itc_negative_fraction=0"
             )
         if check_paths:
             for key in ("init_from_bert", "init_from_checkpoint"):
@@ -236,7 +236,7 @@ class PretrainTask:
         self.current_step = 0  # set by the Trainer before each step (the in-batch negatives' warm-up)
         if self.use_itm and itm.itc_negative_fraction > 0 and not self.use_itc:
             raise ConfigError(
-                "itm.itc_negative_fraction draws negatives by ITC similarity: also set tasks.itc=true"
+                "itm.itc_negative_fraction draws negatives by ITC similarity: set tasks.itc=true or itm.itc_negative_fraction=0"
             )
         # Chance-level losses for the learning-health monitor: ITM's constant-prediction BCE at this negative rate.
         p = itm.negative_ratio
