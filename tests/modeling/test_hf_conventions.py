@@ -235,12 +235,17 @@ def test_contrastive_loss_old_name_is_a_deprecated_alias():
 
 
 def test_pretrain_config_takes_old_model_switches_as_aliases():
+    from imagebert.config_utils import ConfigError
     from imagebert.tasks.pretraining import load_pretrain_config
 
     sets = ["stages.0.datasets=[x.yaml]"]
     shipped = load_pretrain_config("pretrain/demo_cpu", sets, check_paths=False)
     assert shipped.tasks.itc is True and shipped.validate_inputs is True
     old = ["model.task_itc=false", "model.loss_weight_mlm=2", "model.validate_inputs=false"]
+    # the recipe's in-batch ITM negatives are drawn by ITC similarity: without ITC they must be turned off too
+    with pytest.raises(ConfigError, match="itc_negative_fraction=0"):
+        load_pretrain_config("pretrain/demo_cpu", sets + old, check_paths=False)
+    old.append("itm.itc_negative_fraction=0")
     cfg = load_pretrain_config("pretrain/demo_cpu", sets + old, check_paths=False)
     assert cfg.tasks == PretrainingTasks(itc=False, mlm_weight=2.0) and cfg.validate_inputs is False
     assert not any(k.startswith(("task_", "loss_weight_")) or k == "validate_inputs" for k in cfg.model)
