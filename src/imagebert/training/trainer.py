@@ -647,6 +647,8 @@ class Trainer:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self.dist.distributed:
+            _let_gloo_settle()
         return final
 
     def _optimizer_step(self, good_rng: dict[str, Any], good_position: tuple[int, int]) -> float:
@@ -728,6 +730,17 @@ class Trainer:
         with torch.no_grad():
             total = sum(float(p.detach().double().sum()) for p in self.model.parameters())
         return all_gather_object(self.dist, total)
+
+
+def _let_gloo_settle() -> None:
+    """Before the DDP wrapper can be freed: a gloo worker thread may still be releasing the tensors of the last
+    all_gather while this thread holds the GIL, and freeing the process group joins that thread, which then waits
+    for the GIL forever (seen as a torchrun run that wrote its final checkpoint and never exited). A barrier, then
+    a short sleep without the GIL, lets those threads finish first."""
+    import time
+
+    barrier()
+    time.sleep(0.2)
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
