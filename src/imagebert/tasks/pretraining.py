@@ -54,6 +54,15 @@ class ItmConfig:
     itc_negative_start_step: int = 0
 
 
+def check_in_batch_negatives(itm: ItmConfig, *, itc: bool) -> None:
+    """In-batch ITM negatives are drawn by ITC similarity, so they need the ITC task."""
+    if itm.itc_negative_fraction > 0 and not itc:
+        raise ConfigError(
+            "itm.itc_negative_fraction draws negatives by ITC similarity: "
+            "set tasks.itc=true or itm.itc_negative_fraction=0"
+        )
+
+
 @dataclass
 class StageConfig:
     """One pre-training stage. `datasets` are dataset YAML files (imagebert.data.load_dataset_spec)."""
@@ -117,10 +126,7 @@ class PretrainConfig:
             raise ConfigError(
                 f"itm.itc_negative_fraction must lie in [0, 1], got {self.itm.itc_negative_fraction}"
             )
-        if self.itm.itc_negative_fraction > 0 and not self.tasks.itc:
-            raise ConfigError(
-                "itm.itc_negative_fraction draws negatives by ITC similarity: set tasks.itc=true or itm.itc_negative_fraction=0"
-            )
+        check_in_batch_negatives(self.itm, itc=self.tasks.itc)
         if check_paths:
             for key in ("init_from_bert", "init_from_checkpoint"):
                 value = getattr(self, key)
@@ -234,10 +240,8 @@ class PretrainTask:
         self.use_itm = tasks.itm and itm.negative_ratio > 0
         self.use_itc = tasks.itc
         self.current_step = 0  # set by the Trainer before each step (the in-batch negatives' warm-up)
-        if self.use_itm and itm.itc_negative_fraction > 0 and not self.use_itc:
-            raise ConfigError(
-                "itm.itc_negative_fraction draws negatives by ITC similarity: set tasks.itc=true or itm.itc_negative_fraction=0"
-            )
+        if self.use_itm:
+            check_in_batch_negatives(itm, itc=self.use_itc)
         # Chance-level losses for the learning-health monitor: ITM's constant-prediction BCE at this negative rate.
         p = itm.negative_ratio
         self.chance_losses = (
@@ -272,31 +276,29 @@ class PretrainTask:
         n_neg = min(n, int(math.floor(n * self.itm.negative_ratio + u)))
         order = torch.randperm(n, generator=gen).tolist()
         swap_caption = torch.rand(n, generator=gen) < self.itm.caption_swap_fraction
-        swaps = None
+        negatives = order[:n_neg]
+        swaps, in_batch = None, set()
         if self.itm.itc_negative_fraction > 0:
             group_of: dict[Any, int] = {}
             groups = [group_of.setdefault((d, cap.image_id), len(group_of)) for d, cap, _ in items]
-            in_batch = torch.rand(n, generator=gen) < self.itm.itc_negative_fraction
-            if len(group_of) < 2:  # one image in the batch: nothing to swap with
-                in_batch[:] = False
-            swaps = (torch.zeros(n, dtype=torch.long), torch.tensor(groups, dtype=torch.long))
-        if swaps is not None:
-            for i in order[:n_neg]:
-                if bool(in_batch[i]):
-                    swaps[0][i], labels[i] = (1 if bool(swap_caption[i]) else 2), 0
-            # a swapped row needs an unswapped-or-swapped matched row of another image (random negatives are not
-            # matched pairs); rows without one take a random negative below instead
-            negatives, changed = set(order[:n_neg]), True
-            while changed:
-                changed = False
-                clean = [j for j in range(n) if j not in negatives or bool(in_batch[j])]
-                for i in negatives:
-                    if bool(in_batch[i]) and all(groups[j] == groups[i] for j in clean):
-                        in_batch[i], swaps[0][i], labels[i], changed = False, 0, 1, True
-        for i in order[:n_neg]:
-            d, cap, rec = items[i]
-            if swaps is not None and bool(in_batch[i]):
+            drawn = torch.rand(n, generator=gen) < self.itm.itc_negative_fraction
+            in_batch = {i for i in negatives if bool(drawn[i])}
+            # a swapped row needs a matched row (unswapped positive or swapped) of another image; random negatives
+            # are not matched pairs. Rows without one (a batch of one image, say) take a random negative below.
+            while in_batch:
+                matched_groups = {groups[j] for j in range(n) if j not in negatives or j in in_batch}
+                lonely = {i for i in in_batch if matched_groups <= {groups[i]}}
+                if not lonely:
+                    break
+                in_batch -= lonely
+            swap = torch.zeros(n, dtype=torch.long)
+            for i in in_batch:
+                swap[i], labels[i] = (1 if bool(swap_caption[i]) else 2), 0
+            swaps = (swap, torch.tensor(groups, dtype=torch.long))
+        for i in negatives:
+            if i in in_batch:
                 continue
+            d, cap, rec = items[i]
             if bool(swap_caption[i]):
                 other = self.pool.random_caption((d, cap.image_id), gen)
                 if other is not None:

@@ -648,7 +648,7 @@ class Trainer:
             self._writer.close()
             self._writer = None
         if self.dist.distributed:
-            _let_gloo_settle()
+            self._let_gloo_settle()
         return final
 
     def _optimizer_step(self, good_rng: dict[str, Any], good_position: tuple[int, int]) -> float:
@@ -725,22 +725,19 @@ class Trainer:
         )
         raise NonFiniteLossError(message, step, culprits, path)
 
+    def _let_gloo_settle(self) -> None:
+        """Before the DDP wrapper can be freed: a gloo worker thread may still be releasing the tensors of the last
+        all_gather while this thread holds the GIL, and freeing the process group joins that thread, which then
+        waits for the GIL forever (seen as a torchrun run that wrote its final checkpoint and never exited). A
+        barrier, then a short sleep without the GIL, lets those threads finish first."""
+        barrier(self.dist)
+        time.sleep(0.2)
+
     def _replica_checksums(self) -> list[float]:
         """DDP keeps replicas identical; check it once at the end (one checksum per rank, stored in meta.json)."""
         with torch.no_grad():
             total = sum(float(p.detach().double().sum()) for p in self.model.parameters())
         return all_gather_object(self.dist, total)
-
-
-def _let_gloo_settle() -> None:
-    """Before the DDP wrapper can be freed: a gloo worker thread may still be releasing the tensors of the last
-    all_gather while this thread holds the GIL, and freeing the process group joins that thread, which then waits
-    for the GIL forever (seen as a torchrun run that wrote its final checkpoint and never exited). A barrier, then
-    a short sleep without the GIL, lets those threads finish first."""
-    import time
-
-    barrier()
-    time.sleep(0.2)
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
