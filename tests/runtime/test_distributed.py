@@ -44,10 +44,15 @@ def _worker(rank: int, port: int, queue) -> None:
         counts = rd.all_reduce_sum(None, torch.tensor([rank + 1], dtype=torch.int64))  # engine style
         gathered = rd.all_gather_object(info, f"r{rank}")
         value = rd.broadcast_object(info, f"from {rank}")
+        rng = torch.get_rng_state()
+        kept_before = len(rd._HANDED_TO_GLOO)
+        mixed = rd.all_gather_object(info, {"rng": rng, "pad": "x" * (1000 * rank)})  # unequal sizes, a tensor
+        kept = len(rd._HANDED_TO_GLOO) - kept_before
+        uneven = ([len(m["pad"]) for m in mixed], torch.equal(mixed[rank]["rng"], rng), kept)
         rd.barrier(info)
         rd.barrier()
         queue.put(
-            (rank, rd.current_rank_world(), float(summed[0]), counts.dtype, int(counts[0]), gathered, value)
+            (rank, rd.current_rank_world(), float(summed[0]), counts.dtype, int(counts[0]), gathered, value, uneven)
         )
     finally:
         rd.shutdown(info)
@@ -67,7 +72,10 @@ def test_two_gloo_processes():
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
-    for rank, (r, rank_world, summed, dtype, count, gathered, value) in enumerate(results):
+    for rank, (r, rank_world, summed, dtype, count, gathered, value, uneven) in enumerate(results):
         assert r == rank and rank_world == (rank, 2)
         assert summed == 3.0 and dtype == torch.int64 and count == 3
         assert gathered == ["r0", "r1"] and value == "from 0"
+        # objects of different sizes come back whole; every tensor handed to gloo is still held by Python
+        # (payload, size, 2 sizes, padded, 2 gathered), so no gloo thread frees one (the exit deadlock)
+        assert uneven == ([0, 1000], True, 7)

@@ -5,11 +5,20 @@ none of them and works in one process without initialising torch.distributed at 
 these helpers: the Trainer passes the `DistInfo` it was given (`barrier(info)`), while the scoring engine, which
 is handed no such object, asks the live process group (`current_rank_world()`, `barrier()` with no argument).
 Every helper is a no-op in one process, so callers never branch on world size themselves.
+
+Why the collectives keep their tensors (`_HANDED_TO_GLOO`): a gloo worker thread drops its reference to a finished
+collective's tensors a moment after `wait()` returns. If Python has let go of them by then, that last drop frees a
+Python object and needs the GIL; and if the main thread is at that moment freeing the process group (the DDP
+Reducer's dealloc at the end of a run, GIL held), the destructor joins the worker and both wait forever: a run that
+wrote its final checkpoint and never exited (docs/training.md, "Exit without a deadlock"). With Python holding a
+reference to every tensor of the last collectives, a worker never frees one, so it never needs the GIL.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +57,15 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+# the tensors of the last collectives, kept so that no gloo worker thread ever holds the last reference (see above);
+# a few KB each, bounded; kept to the end of the process
+_HANDED_TO_GLOO: deque[torch.Tensor] = deque(maxlen=256)
+
+
+def _keep(*tensors: torch.Tensor) -> None:
+    _HANDED_TO_GLOO.extend(tensors)
 
 
 def is_initialized() -> bool:
@@ -107,13 +125,26 @@ def barrier(info: DistInfo | None = None) -> None:
             dist.barrier()
 
 
+def _collective_device(info: DistInfo) -> torch.device:
+    return info.device if info.backend == "nccl" else torch.device("cpu")
+
+
 def all_gather_object(info: DistInfo, obj: Any) -> list[Any]:
-    """One picklable object from every rank, in rank order."""
+    """One picklable object from every rank, in rank order (our own ranks' objects, never a file's)."""
     if not info.distributed:
         return [obj]
-    out: list[Any] = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
+    device = _collective_device(info)
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).clone().to(device)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(info.world_size)]
+    dist.all_gather(sizes, size)
+    lengths = [int(s) for s in sizes]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload
+    gathered = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(gathered, padded)
+    _keep(payload, size, *sizes, padded, *gathered)
+    return [pickle.loads(t[:n].cpu().numpy().tobytes()) for t, n in zip(gathered, lengths, strict=True)]
 
 
 def all_reduce_sum(info: DistInfo | None, tensor: torch.Tensor) -> torch.Tensor:
@@ -126,18 +157,25 @@ def all_reduce_sum(info: DistInfo | None, tensor: torch.Tensor) -> torch.Tensor:
             return tensor
         t = tensor.detach().clone()
         dist.all_reduce(t)
+        _keep(t)
         return t
     if not info.distributed:
         return tensor
-    t = tensor.detach().to(info.device if info.backend == "nccl" else "cpu", torch.float64).clone()
+    t = tensor.detach().to(_collective_device(info), torch.float64).clone()
     dist.all_reduce(t)
-    return t.cpu()
+    _keep(t)
+    return t.cpu().clone()
 
 
 def broadcast_object(info: DistInfo, obj: Any, src: int = 0) -> Any:
     """Rank `src`'s object on every rank."""
     if not info.distributed:
         return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+    device = _collective_device(info)
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).clone().to(device)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=src)
+    buffer = payload if info.rank == src else torch.empty(int(size), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src=src)
+    _keep(payload, size, buffer)
+    return obj if info.rank == src else pickle.loads(buffer.cpu().numpy().tobytes())

@@ -726,10 +726,9 @@ class Trainer:
         raise NonFiniteLossError(message, step, culprits, path)
 
     def _let_gloo_settle(self) -> None:
-        """Before the DDP wrapper can be freed: a gloo worker thread may still be releasing the tensors of the last
-        all_gather while this thread holds the GIL, and freeing the process group joins that thread, which then
-        waits for the GIL forever (seen as a torchrun run that wrote its final checkpoint and never exited). A
-        barrier, then a short sleep without the GIL, lets those threads finish first."""
+        """Belt and braces beside the collectives that keep their tensors (`imagebert.runtime.distributed`): the
+        process group is freed with the DDP wrapper, and a gloo thread still releasing a collective's tensors then
+        needs the GIL that the freeing thread holds. A barrier, then a short sleep without the GIL, lets it finish."""
         barrier(self.dist)
         time.sleep(0.2)
 
