@@ -2,6 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# pytest-xdist workers for `make test`: one per core (auto, at most 8); TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= auto
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format bench clean-venv
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --maxprocesses 8 --dist worksteal
 
 demo: $(STAMP)
 	$(BIN)/imagebert demo --out demo_out
