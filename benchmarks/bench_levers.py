@@ -4,7 +4,8 @@ Scoring: `ModelPairScorer(compile="on")` (batches padded to bucketed shapes) aga
 autocast, interleaved with one intra-op thread, CPU and wall time. The pairs span several text lengths and
 region counts, so an unbucketed compile would see a new shape nearly every batch; the number of graphs compiled
 is read from torch._dynamo's counters. Training: the MLM+ITM step of benchmarks/speed.py with the model compiled
-vs eager. Compile time (the first call) is reported separately, with the break-even number of pairs / steps.
+vs eager, two ways: the trainer's `training.compile: on` (encoder layers compiled in place) and the whole model
+through torch.compile. Compile time (the first call) is reported separately, with the break-even number of pairs / steps.
 
     .venv/bin/python -m benchmarks.bench_levers --out benchmarks/results/levers.md
     .venv/bin/python -m benchmarks.bench_levers --quick      # tiny sizes: checks the code runs
@@ -32,6 +33,21 @@ from benchmarks.timing import (
     paired_ratio,
     run_interleaved,
 )
+from imagebert.runtime.compile import compile_for_training
+from imagebert.runtime.precision import MasterWeights
+
+
+def _inductor_cache_state() -> str:
+    """Compile times depend on whether inductor's on-disk cache already holds these graphs: say which."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    path = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or cache_dir())
+    empty = not path.exists() or not any(path.iterdir())
+    return (
+        f"inductor cache {path}: {'empty at the start (cold compile)' if empty else 'already filled (warm)'}"
+    )
 
 
 def _frame_count() -> int:
@@ -87,13 +103,25 @@ def scoring_lever(sizes: speed.Sizes, pairs: int, batch: int, min_reps: int, max
     }  # fmt: skip
 
 
-def training_lever(sizes: speed.Sizes, precision: str, min_reps: int, max_reps: int) -> dict[str, Any]:
+TRAINING_COMPILE_MODES = {
+    "layers": "the trainer's setting (`training.compile: on`): encoder layers compiled in place, one shared graph",
+    "whole": "the whole model through `torch.compile(model)`",
+}
+
+
+def training_lever(
+    sizes: speed.Sizes, precision: str, min_reps: int, max_reps: int, mode: str = "layers"
+) -> dict[str, Any]:
     builder = speed.BatchBuilder(sizes)
     inputs, _ = builder(speed.make_pairs(sizes.batch, sizes), seed=1)
     eager_model = speed.build_ours(sizes, mlm_itm_only=True)
     comp_model = speed.build_ours(sizes, mlm_itm_only=True)
     comp_model.load_state_dict(eager_model.state_dict())
-    compiled = torch.compile(comp_model, dynamic=False)
+    if mode == "layers":
+        compile_for_training(comp_model)
+        compiled = comp_model
+    else:
+        compiled = torch.compile(comp_model, dynamic=False)
     opt_e, opt_c = speed._optimizer(eager_model), speed._optimizer(comp_model)
 
     def eager_step() -> None:
@@ -113,7 +141,8 @@ def training_lever(sizes: speed.Sizes, precision: str, min_reps: int, max_reps: 
     saved = series["eager"].cpu_s - series["compiled"].cpu_s
     compile_cpu = first_cpu - series["compiled"].cpu_s
     return {
-        "precision": precision, "eager": series["eager"].summary(), "compiled": series["compiled"].summary(),
+        "precision": precision, "mode": mode, "eager": series["eager"].summary(),
+        "compiled": series["compiled"].summary(),
         "speedup_cpu": paired_ratio(series["eager"], series["compiled"]),
         "speedup_wall": paired_ratio(series["eager"], series["compiled"], "wall"),
         "first_call_cpu_s": first_cpu, "first_call_wall_s": first_wall, "compile_cpu_s": compile_cpu,
@@ -121,10 +150,74 @@ def training_lever(sizes: speed.Sizes, precision: str, min_reps: int, max_reps: 
     }  # fmt: skip
 
 
+PEER_ROWS = {
+    "ours": "ours, defaults (fp32 weights{autocast})",
+    "ours_compiled": "ours, `training.compile: on`",
+    "ours_bf16_weights": "ours, `training.weights: bf16` (fp32 masters)",
+    "ours_bf16_weights_compiled": "ours, `training.weights: bf16` + `training.compile: on`",
+    "visualbert": "VisualBERT (HF), fp32 weights{autocast}",
+}
+
+
+def peer_lever(sizes: speed.Sizes, precision: str, min_reps: int, max_reps: int) -> dict[str, Any]:
+    """The training levers against VisualBERT on the same work (the like-for-like "masked" step of
+    benchmarks/speed.py: MLM on the same masked tokens of matched pairs, ITM, clip 1.0, fused AdamW), every
+    setting in the same interleaved rounds. bf16 rows use autocast; the bf16-weight rows keep fp32 masters."""
+    builder = speed.BatchBuilder(sizes)
+    inputs, _ = builder(speed.make_pairs(sizes.batch, sizes), seed=1)
+    models = {"ours": speed.build_ours(sizes, mlm_itm_only=True), "visualbert": speed.build_peer(sizes)}
+    like_for_like = speed.training_settings(sizes, inputs, precision, models)
+    steps: dict[str, Any] = {"ours": like_for_like["ours_masked"]}
+
+    def variant(resident: bool, compiled: bool) -> Any:
+        model = speed.build_ours(sizes, mlm_itm_only=True)
+        model.load_state_dict(models["ours"].state_dict())
+        master = MasterWeights(model) if resident else None
+        params = [m for _, m in master.pairs] if master is not None else list(model.parameters())
+        opt = torch.optim.AdamW(params, lr=1e-5, fused=True)  # the optimizer of the other rows
+        if compiled:
+            compile_for_training(model)
+
+        def step() -> None:
+            with speed._autocast(precision):
+                loss = model(**inputs).loss
+            loss.backward()
+            if master is not None:
+                master.grads_to_masters()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            if master is not None:
+                master.masters_to_model()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    steps["ours_compiled"] = variant(False, True)
+    if precision == "bf16":
+        steps["ours_bf16_weights"] = variant(True, False)
+        steps["ours_bf16_weights_compiled"] = variant(True, True)
+    steps["visualbert"] = like_for_like["visualbert_masked"]
+    for fn in steps.values():  # the compiled rows compile here, outside the timed rounds
+        fn()
+    series = run_interleaved(steps, warmup=1, min_reps=min_reps, max_reps=max_reps,
+                             log=lambda m: print(f"[levers] peer {precision} {m}", file=sys.stderr, flush=True))  # fmt: skip
+    return {
+        "precision": precision,
+        "steps": {k: v.summary() for k, v in series.items()},
+        "vs_visualbert": {
+            k: paired_ratio(series["visualbert"], series[k]) for k in series if k != "visualbert"
+        },
+        "vs_visualbert_wall": {
+            k: paired_ratio(series["visualbert"], series[k], "wall") for k in series if k != "visualbert"
+        },
+        "vs_ours": {k: paired_ratio(series["ours"], series[k]) for k in series if k != "ours"},
+    }
+
+
 def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
     s = report["sizes"]
     lines = [
-        "# Levers: torch.compile for scoring and training",
+        "# Levers: torch.compile and bf16-resident weights for scoring and training",
         "",
         command_line("benchmarks.bench_levers", argv),
         "",
@@ -134,7 +227,10 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
         "interleaved; CPU = process CPU time; speed-ups per round, median (spread).",
         "",
         f"Sizes: {s['layers']} layers, hidden {s['hidden']}, {s['regions']} regions max x {s['feature_dim']}-d, "
-        f"captions up to {s['words']} words, training batch {s['batch']}.",
+        f"captions up to {s['words']} words, training batch {s['batch']}. Compile times: "
+        f"{report.get('inductor_cache', 'inductor cache state not recorded')}.",
+        "",
+        "### torch.compile against eager",
         "",
         "| lever | eager CPU s | spread | compiled CPU s | spread | speed-up CPU | speed-up wall | "
         "first call (compile) CPU s | break-even |",
@@ -153,11 +249,39 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
     for tr in report.get("training", []):
         e, c = tr["eager"], tr["compiled"]
         lines.append(
-            f"| training step (MLM+ITM), {tr['precision']} | {e['cpu_s']:.2f} | {fmt_spread(e['cpu_spread'])} | "
+            f"| training step (MLM+ITM), {tr['precision']}, {tr.get('mode', 'whole')} | {e['cpu_s']:.2f} | {fmt_spread(e['cpu_spread'])} | "
             f"{c['cpu_s']:.2f} | {fmt_spread(c['cpu_spread'])} | {tr['speedup_cpu']['median']:.3f}x "
             f"({fmt_spread(tr['speedup_cpu']['spread'])}) | {tr['speedup_wall']['median']:.3f}x | "
             f"{tr['first_call_cpu_s']:.1f} | {tr['break_even_steps']:,.0f} steps |"
         )
+    if report.get("training"):
+        lines += [
+            "",
+            "Training modes: " + "; ".join(f"`{k}`: {v}" for k, v in TRAINING_COMPILE_MODES.items()) + ".",
+        ]
+    for pl in report.get("peer", []):
+        prec = pl["precision"]
+        lines += [
+            "",
+            f"### Training levers against VisualBERT on the same work, {prec}",
+            "",
+            "The like-for-like step of `benchmarks/speed.py` (MLM on the same masked tokens of matched pairs, ITM, "
+            "clip 1.0, fused AdamW, the batch above), every row in the same interleaved rounds. Ratios are "
+            "VisualBERT's time over the row's, per round, median (spread); compile time is spent before the "
+            "rounds and not counted (the table above gives it).",
+            "",
+            "| step | reps | CPU s | spread | wall s | spread | vs VisualBERT (CPU) | vs VisualBERT (wall) | vs our defaults (CPU) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key, st in pl["steps"].items():
+            label = PEER_ROWS[key].format(autocast=" + bf16 autocast" if prec == "bf16" else "")
+            vp = pl["vs_visualbert"].get(key)
+            vw = pl["vs_visualbert_wall"].get(key)
+            vo = pl["vs_ours"].get(key)
+            cell = lambda r: f"{r['median']:.3f}x ({fmt_spread(r['spread'])})" if r else "1x"  # noqa: E731
+            lines.append(f"| {label} | {st['reps']} | {st['cpu_s']:.3f} | {fmt_spread(st['cpu_spread'])} | "
+                         f"{st['wall_s']:.3f} | {fmt_spread(st['wall_spread'])} | {cell(vp)} | "
+                         f"{(vw['median'] if vw else 1):.3f}x | {cell(vo)} |")  # fmt: skip
     if sc:
         lines += [
             "",
@@ -178,8 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--min-reps", type=int, default=3)
     ap.add_argument("--max-reps", type=int, default=6)
-    ap.add_argument("--parts", default="scoring,training")
+    ap.add_argument("--parts", default="scoring,training,peer")
+    ap.add_argument("--peer-precisions", default="bf16,fp32")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument(
+        "--training-modes", default="layers,whole", help=f"of {', '.join(TRAINING_COMPILE_MODES)}"
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -187,12 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes = speed.tiny_sizes(batch=4) if args.quick else speed.Sizes()
     if args.layers:
         sizes = dataclasses.replace(sizes, layers=args.layers)
-    report: dict[str, Any] = {"sizes": dataclasses.asdict(sizes)}
+    report: dict[str, Any] = {"sizes": dataclasses.asdict(sizes), "inductor_cache": _inductor_cache_state()}
     parts = args.parts.split(",")
     if "scoring" in parts:
         report["scoring"] = scoring_lever(sizes, args.pairs, args.batch, args.min_reps, args.max_reps)
     if "training" in parts:
-        report["training"] = [training_lever(sizes, args.precision, args.min_reps, args.max_reps)]
+        report["training"] = [training_lever(sizes, args.precision, args.min_reps, args.max_reps, mode)
+                              for mode in args.training_modes.split(",")]  # fmt: skip
+    if "peer" in parts:
+        report["peer"] = [
+            peer_lever(sizes, p, args.min_reps, args.max_reps) for p in args.peer_precisions.split(",")
+        ]
     page = to_markdown(report, argv)
     print(page)
     if args.out:

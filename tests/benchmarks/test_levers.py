@@ -108,3 +108,28 @@ def test_compile_setting_resolves_per_device(setting, device, want):
 def test_compile_setting_rejects_unknown_values():
     with pytest.raises(ValueError, match="compile"):
         resolve_compile("fast", "cpu")
+
+
+@pytest.mark.slow
+def test_peer_lever_times_every_training_setting_on_the_same_work():
+    """The training-lever table at tiny sizes: every row timed in the same rounds, ratios against VisualBERT
+    consistent with the times, and the page naming each setting (a row silently dropped fails here)."""
+    from benchmarks import bench_levers, speed
+
+    sizes = speed.tiny_sizes(batch=2)
+    report = bench_levers.peer_lever(sizes, "bf16", min_reps=2, max_reps=2)
+    rows = report["steps"]
+    assert list(rows) == [
+        "ours",
+        "ours_compiled",
+        "ours_bf16_weights",
+        "ours_bf16_weights_compiled",
+        "visualbert",
+    ]
+    assert all(r["reps"] == 2 and r["cpu_s"] > 0 for r in rows.values())
+    for key, ratio in report["vs_visualbert"].items():
+        per_round = [v / o for v, o in zip(rows["visualbert"]["cpu_all"], rows[key]["cpu_all"], strict=True)]
+        assert ratio["median"] == pytest.approx(float(np.median(per_round)))
+    page = bench_levers.to_markdown({"sizes": vars(sizes), "peer": [report]}, ["--quick"])
+    for label in ("`training.weights: bf16` + `training.compile: on`", "VisualBERT (HF)"):
+        assert label in page

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from imagebert.cli import main
 from imagebert.config_utils import ConfigError
@@ -63,6 +64,24 @@ def test_tiny_finetuning_lowers_the_loss_and_keeps_the_best(tmp_path, tiny_check
     report = json.loads((ev / "results.json").read_text())
     assert report["setting"] == "fine-tuned"
     assert "UNITER (paper) | 71.5" in (ev / "results.md").read_text()
+
+
+def test_finetuning_with_bf16_weights_validates_on_the_fp32_masters(tmp_path, tiny_checkpoint):
+    from safetensors.torch import load_file
+
+    data = write_karpathy_dataset(tmp_path / "data", {"train": 16, "val": 6, "test": 4})
+    out = tmp_path / "ft"
+    assert main([
+        "finetune", str(CONFIGS / "demo_cpu.yaml"), "--out", str(out),
+        "--set", f"dataset={data}", "--set", f"init_checkpoint={tiny_checkpoint}",
+        "--set", "training.steps=4", "--set", "training.checkpoint_every=0", "--set", "training.batch_size=8",
+        "--set", "training.precision=bf16", "--set", "training.weights=bf16", "--set", "negatives.pool_size=6",
+        "--set", "validation.precision=fp32",  # fp32 inputs: only fp32 weights can take them
+        "--set", "validation.num_queries=6", "--set", "validation.num_candidates=3",
+    ]) == 0  # fmt: skip
+    vals = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in vals] == [4]
+    assert all(w.dtype == torch.float32 for w in load_file(out / "final" / "model.safetensors").values())
 
 
 def test_cli_errors_are_user_errors(tmp_path, capsys):

@@ -46,13 +46,24 @@ def _worker(rank: int, port: int, queue) -> None:
         value = rd.broadcast_object(info, f"from {rank}")
         rng = torch.get_rng_state()
         kept_before = len(rd._HANDED_TO_GLOO)
-        mixed = rd.all_gather_object(info, {"rng": rng, "pad": "x" * (1000 * rank)})  # unequal sizes, a tensor
+        mixed = rd.all_gather_object(
+            info, {"rng": rng, "pad": "x" * (1000 * rank)}
+        )  # unequal sizes, a tensor
         kept = len(rd._HANDED_TO_GLOO) - kept_before
         uneven = ([len(m["pad"]) for m in mixed], torch.equal(mixed[rank]["rng"], rng), kept)
         rd.barrier(info)
         rd.barrier()
         queue.put(
-            (rank, rd.current_rank_world(), float(summed[0]), counts.dtype, int(counts[0]), gathered, value, uneven)
+            (
+                rank,
+                rd.current_rank_world(),
+                float(summed[0]),
+                counts.dtype,
+                int(counts[0]),
+                gathered,
+                value,
+                uneven,
+            )
         )
     finally:
         rd.shutdown(info)

@@ -239,7 +239,22 @@ class ImageBertModel(ImageBertPreTrainedModel):
         self.register_buffer("region_feature_mean", torch.zeros(config.visual_feature_dim))
         self.register_buffer("region_feature_std", torch.ones(config.visual_feature_dim))
         self._validate_inputs = bool(config.legacy_training_switches.get("validate_inputs", True))
+        # 0: sequences keep their length; N: padded (masked) to a multiple of N, set by `compile_layers`
+        self.sequence_multiple = 0
         self.post_init()
+
+    def compile_layers(self, pad_to_multiple: int = 16) -> None:
+        """`torch.compile` every encoder layer in place (state-dict keys unchanged). The layers share one code
+        path, so torch compiles one graph per sequence shape and reuses it in all of them, which keeps the
+        compile time to that of one layer; sequences are padded to a multiple of `pad_to_multiple` so the
+        shapes are few. Embeddings, heads and masking stay eager (their shapes depend on the data)."""
+        import torch._dynamo
+
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, max(int(getattr(torch._dynamo.config, limit)), 64))
+        for layer in self.encoder.layer:
+            layer.compile(dynamic=False)
+        self.sequence_multiple = int(pad_to_multiple)
 
     @property
     def region_feature_stats_set(self) -> bool:
@@ -415,8 +430,18 @@ class ImageBertModel(ImageBertPreTrainedModel):
         hidden = self.embeddings(
             inputs_embeds=inputs_embeds, position_ids=position_ids, token_type_ids=token_type_ids
         )
+        # masked positions up to the bucket, so that compiled layers meet a few shapes and not one per batch
+        length, step = hidden.shape[1], self.sequence_multiple
+        padded = -(-length // step) * step if step else 0
+        if padded > length:
+            hidden = torch.cat([hidden, hidden.new_zeros(batch, padded - length, hidden.shape[2])], dim=1)
+            full_mask = torch.cat([full_mask, full_mask.new_zeros(batch, padded - length)], dim=1)
         mask4d = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=full_mask)
         all_hidden, all_attn = self._run_encoder(hidden, mask4d, output_hidden_states, output_attentions)
+        if padded > length:
+            all_hidden = [h[:, :length] for h in all_hidden]
+            all_attn = [a[..., :length, :length] for a in all_attn]
+            full_mask = full_mask[:, :length]
         hidden = all_hidden[-1]
 
         region_hidden = text_hidden = None

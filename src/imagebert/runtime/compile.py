@@ -37,6 +37,21 @@ def compile_module(module: torch.nn.Module, device: str | torch.device, *, train
     return torch.compile(module, dynamic=False)
 
 
+# a CUDA training run this long earns back compiling the layers (tens of seconds) many times over
+COMPILE_AUTO_MIN_STEPS = 2000
+
+
+def compile_for_training(model: torch.nn.Module, pad_to_multiple: int = 16) -> str:
+    """Compile what a training step spends its FLOPs on, in place, so checkpoints keep their keys: the encoder
+    layers when the model (or its `base_model`) offers `compile_layers`, else the whole module. Returns which."""
+    base = getattr(model, "base_model", model)
+    if hasattr(base, "compile_layers"):
+        base.compile_layers(pad_to_multiple)
+        return "encoder layers"
+    model.compile(dynamic=False)
+    return "whole model"
+
+
 def bucket(n: int, multiple: int, cap: int | None = None) -> int:
     """n rounded up to a multiple of `multiple`, never above `cap` (and never below n)."""
     if n <= 0:

@@ -47,3 +47,46 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextli
 def autocast_for(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
     """`autocast(device, resolve_precision(precision, device))` in one call."""
     return autocast(device, resolve_precision(precision, device))
+
+
+class MasterWeights:
+    """bf16 weights in the model, fp32 master copies in the optimizer (`training.weights: bf16`).
+
+    Why: under autocast every forward casts each fp32 weight to bf16 again, and the backward casts the gradients
+    back; with bf16-resident weights those copies go away, while the update still happens in fp32 (a bf16 weight
+    cannot absorb an update 1e-4 of its size), so the run keeps fp32's optimisation. Build it before the model is
+    wrapped in DDP (DDP sizes its buckets from the parameters' dtype). Checkpoints hold the fp32 masters.
+    """
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.pairs: list[tuple[torch.nn.Parameter, torch.nn.Parameter]] = []
+        for param in model.parameters():  # shared (tied) parameters appear once
+            if param.requires_grad and param.is_floating_point():
+                master = torch.nn.Parameter(param.detach().clone().float())
+                self.pairs.append((param, master))
+                param.data = param.data.to(dtype)
+        self.by_model_param = {id(p): m for p, m in self.pairs}
+
+    def grads_to_masters(self) -> None:
+        """Model gradients (bf16) -> the masters' fp32 gradients; the model's are freed."""
+        for param, master in self.pairs:
+            master.grad = None if param.grad is None else param.grad.detach().float()
+            param.grad = None
+
+    @torch.no_grad()
+    def masters_to_model(self) -> None:
+        for param, master in self.pairs:
+            param.copy_(master)
+
+    @contextlib.contextmanager
+    def full_precision(self):
+        """The model's parameters *are* the fp32 masters inside this block (saving, loading a checkpoint)."""
+        resident = [param.data for param, _ in self.pairs]
+        for param, master in self.pairs:
+            param.data = master.data
+        try:
+            yield
+        finally:
+            for (param, _), data in zip(self.pairs, resident, strict=True):
+                param.data = data
+            self.masters_to_model()

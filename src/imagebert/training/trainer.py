@@ -30,6 +30,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from imagebert.runtime.compile import (
+    COMPILE_AUTO_MIN_STEPS,
+    COMPILE_SETTINGS,
+    compile_for_training,
+    resolve_compile,
+)
 from imagebert.runtime.distributed import (
     DistInfo,
     all_gather_object,
@@ -38,7 +44,7 @@ from imagebert.runtime.distributed import (
     broadcast_object,
 )
 from imagebert.runtime.modes import eval_mode, preserve_modes
-from imagebert.runtime.precision import autocast, resolve_precision
+from imagebert.runtime.precision import MasterWeights, autocast, resolve_precision
 from imagebert.training import checkpoint as ckpt
 from imagebert.training.health import ChanceMonitor
 from imagebert.training.optim import build_optimizer, build_scheduler
@@ -86,6 +92,12 @@ class TrainerConfig:
     # Evaluation callbacks (given to the Trainer by the task's driver) run every this many optimizer steps and at
     # the end; 0 = with every checkpoint (periodic and final).
     evaluate_every: int = 0
+    # torch.compile the encoder layers: off | on | auto (on for CUDA runs of >= 2000 steps; on a CPU the compile
+    # time does not pay back, benchmarks/results/levers.md). Sequences are padded to multiples of 16 when on.
+    compile: Literal["off", "on", "auto"] = "auto"
+    # bf16: the model holds bf16 weights (no per-forward weight casts) and the optimizer fp32 masters; needs
+    # precision bf16. Checkpoints hold the fp32 masters.
+    weights: Literal["fp32", "bf16"] = "fp32"
 
     def validate(self, prefix: str = "training") -> None:
         from imagebert.config_utils import ConfigError
@@ -105,6 +117,16 @@ class TrainerConfig:
             raise ConfigError(f"{prefix}.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
         if len(self.adam_betas) != 2:
             raise ConfigError(f"{prefix}.adam_betas must have two values")
+        if self.weights not in ("fp32", "bf16"):
+            raise ConfigError(f"{prefix}.weights must be fp32 or bf16, got {self.weights!r}")
+        if self.weights == "bf16" and self.precision != "bf16":
+            raise ConfigError(
+                f"{prefix}.weights: bf16 weights need {prefix}.precision: bf16 (got {self.precision!r})"
+            )
+        if self.compile not in COMPILE_SETTINGS:
+            raise ConfigError(
+                f"{prefix}.compile must be one of {', '.join(COMPILE_SETTINGS)}, got {self.compile!r}"
+            )
         if self.evaluate_every < 0:
             raise ConfigError(
                 f"{prefix}.evaluate_every must be >= 0 (0 = with each checkpoint), got {self.evaluate_every}"
@@ -271,6 +293,8 @@ class Trainer:
         apply_threads(config.num_threads)
 
         self.model = model.to(self.device)
+        # before DDP, which sizes its buckets from the parameters' dtype
+        self.master = MasterWeights(self.model) if config.weights == "bf16" else None
         self.loss_module = TaskLoss(self.model, task)
         if self.dist.distributed:
             kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
@@ -302,14 +326,21 @@ class Trainer:
             self.total_steps = config.steps
         else:
             self.total_steps = max(1, (config.epochs * self.batches_per_epoch) // config.grad_accum_steps)
+        self.compiled: str | None = None  # what torch.compile covers, when it is on
+        if resolve_compile(config.compile, self.device) and (
+            config.compile == "on" or self.total_steps >= COMPILE_AUTO_MIN_STEPS
+        ):
+            self.compiled = compile_for_training(self.model)
+            self.extra_meta = {**self.extra_meta, "compiled": self.compiled}
         warmup = (
             config.warmup_steps
             if config.warmup_steps is not None
             else int(config.warmup_ratio * self.total_steps)
         )
         self.optimizer = build_optimizer(
-            self.model, config.learning_rate, config.weight_decay, config.adam_betas, config.adam_eps
-        )
+            self.model, config.learning_rate, config.weight_decay, config.adam_betas, config.adam_eps,
+            substitute=self.master.by_model_param if self.master is not None else None,
+        )  # fmt: skip
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup)
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.step = 0
@@ -368,7 +399,8 @@ class Trainer:
                 meta["metrics"] = _jsonable(self.last_metrics)
             if reason == "best":
                 meta["best_metric"], meta["best_value"] = self.best_metric, self.best_value
-            with preserve_modes(self.model):  # extra_save hooks may switch to eval mode
+            # extra_save hooks may switch to eval mode; checkpoints hold fp32 weights (the masters)
+            with preserve_modes(self.model), self._full_precision():
                 ckpt.write_checkpoint(
                     self.out_dir,
                     name,
@@ -399,7 +431,8 @@ class Trainer:
             )
         ckpt.check_safetensors(path / "model.safetensors")  # a truncated file: one error naming it
         weights = load_file(str(path / "model.safetensors"), device="cpu")
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        with self._full_precision():  # into the fp32 masters, then copied to the bf16 model
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
         tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
         missing = [k for k in missing if k not in tied and not any(k.endswith(t) for t in tied)]
         if unexpected or missing:
@@ -450,7 +483,8 @@ class Trainer:
             return {}
         rng = ckpt.capture_rng_state()
         metrics: dict[str, Any] = {}
-        with eval_mode(self.model), torch.no_grad():
+        # with bf16-resident weights the evaluators see the fp32 masters (any precision they choose works)
+        with eval_mode(self.model), torch.no_grad(), self._full_precision():
             for evaluator in self.evaluators:
                 if self.dist.is_main or getattr(evaluator, "all_ranks", False):
                     metrics.update(evaluator(self.model, self.step))
@@ -651,11 +685,18 @@ class Trainer:
             self._let_gloo_settle()
         return final
 
+    def _full_precision(self) -> contextlib.AbstractContextManager:
+        return self.master.full_precision() if self.master is not None else contextlib.nullcontext()
+
     def _optimizer_step(self, good_rng: dict[str, Any], good_position: tuple[int, int]) -> float:
         cfg = self.config
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.master is not None:
+            self.master.grads_to_masters()
+            params = [m for _, m in self.master.pairs if m.grad is not None]
+        else:
+            params = [p for p in self.model.parameters() if p.grad is not None]
         if cfg.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         else:
@@ -672,6 +713,8 @@ class Trainer:
             if not math.isfinite(norm_value):
                 self._stop_non_finite(["gradient"], {"grad_norm": norm_value}, good_rng, good_position)
             self.optimizer.step()
+        if self.master is not None:
+            self.master.masters_to_model()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm_value
