@@ -50,10 +50,3 @@ def tiny_bert_path(tmp_path_factory, minilm_path) -> Path:
             shutil.copy(minilm_path / name, folder / name)
     assert json.loads((folder / "config.json").read_text())["hidden_size"] == 32
     return folder
-
-
-def pytest_collection_modifyitems(config, items):
-    """The multi-process and end-to-end tests (marked `slow`) run first. With one xdist worker per core, starting
-    the longest tests first keeps every worker busy to the end, instead of one finishing a 10-second test alone
-    while the others idle. The order within each group is kept."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
