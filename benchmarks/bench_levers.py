@@ -179,16 +179,7 @@ def peer_lever(sizes: speed.Sizes, precision: str, min_reps: int, max_reps: int)
             compile_for_training(model)
 
         def step() -> None:
-            with speed._autocast(precision):
-                loss = model(**inputs).loss
-            loss.backward()
-            if master is not None:
-                master.grads_to_masters()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            if master is not None:
-                master.masters_to_model()
-            opt.zero_grad(set_to_none=True)
+            speed._train_step(model, opt, lambda: model(**inputs).loss, precision, master)
 
         return step
 

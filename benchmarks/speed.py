@@ -346,12 +346,18 @@ def peer_inputs_matched(inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor],
-                precision: str) -> None:  # fmt: skip
+                precision: str, master: Any = None) -> None:  # fmt: skip
+    """One step; with `master` (a MasterWeights), `opt` updates its fp32 masters, as the Trainer does."""
     with _autocast(precision):
         loss = loss_fn()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if master is not None:
+        master.grads_to_masters()
+    params = [m for _, m in master.pairs] if master is not None else list(model.parameters())
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
+    if master is not None:
+        master.masters_to_model()
     opt.zero_grad(set_to_none=True)
 
 

@@ -36,6 +36,7 @@ from transformers.utils import ModelOutput
 from imagebert.modeling.configuration import ImageBertConfig
 from imagebert.modeling.heads import RegionHeads, ScoreHead, contrastive_loss_from_log_scale
 from imagebert.modeling.tasks import TASK_NAMES, PretrainingTasks
+from imagebert.runtime.compile import bucket
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,8 @@ class ImageBertModel(ImageBertPreTrainedModel):
         """`torch.compile` every encoder layer in place (state-dict keys unchanged). The layers share one code
         path, so torch compiles one graph per sequence shape and reuses it in all of them, which keeps the
         compile time to that of one layer; sequences are padded to a multiple of `pad_to_multiple` so the
-        shapes are few. Embeddings, heads and masking stay eager (their shapes depend on the data)."""
+        shapes are few. Embeddings, heads and masking stay eager (their shapes depend on the data). Raises
+        torch._dynamo's process-wide recompile limit to at least 64 (one graph per bucket must fit)."""
         import torch._dynamo
 
         limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
@@ -431,8 +433,8 @@ class ImageBertModel(ImageBertPreTrainedModel):
             inputs_embeds=inputs_embeds, position_ids=position_ids, token_type_ids=token_type_ids
         )
         # masked positions up to the bucket, so that compiled layers meet a few shapes and not one per batch
-        length, step = hidden.shape[1], self.sequence_multiple
-        padded = -(-length // step) * step if step else 0
+        length = hidden.shape[1]
+        padded = bucket(length, self.sequence_multiple) if self.sequence_multiple else length
         if padded > length:
             hidden = torch.cat([hidden, hidden.new_zeros(batch, padded - length, hidden.shape[2])], dim=1)
             full_mask = torch.cat([full_mask, full_mask.new_zeros(batch, padded - length)], dim=1)

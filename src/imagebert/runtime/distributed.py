@@ -129,13 +129,22 @@ def _collective_device(info: DistInfo) -> torch.device:
     return info.device if info.backend == "nccl" else torch.device("cpu")
 
 
+def _object_to_bytes(obj: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pickled object as a uint8 tensor owning its memory, and its length as a 1-element int64 tensor."""
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).clone().to(device)
+    return payload, torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+
+
+def _bytes_to_object(data: torch.Tensor) -> Any:
+    return pickle.loads(data.cpu().numpy().tobytes())
+
+
 def all_gather_object(info: DistInfo, obj: Any) -> list[Any]:
     """One picklable object from every rank, in rank order (our own ranks' objects, never a file's)."""
     if not info.distributed:
         return [obj]
     device = _collective_device(info)
-    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).clone().to(device)
-    size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    payload, size = _object_to_bytes(obj, device)
     sizes = [torch.zeros_like(size) for _ in range(info.world_size)]
     dist.all_gather(sizes, size)
     lengths = [int(s) for s in sizes]
@@ -144,7 +153,7 @@ def all_gather_object(info: DistInfo, obj: Any) -> list[Any]:
     gathered = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(gathered, padded)
     _keep(payload, size, *sizes, padded, *gathered)
-    return [pickle.loads(t[:n].cpu().numpy().tobytes()) for t, n in zip(gathered, lengths, strict=True)]
+    return [_bytes_to_object(t[:n]) for t, n in zip(gathered, lengths, strict=True)]
 
 
 def all_reduce_sum(info: DistInfo | None, tensor: torch.Tensor) -> torch.Tensor:
@@ -172,10 +181,9 @@ def broadcast_object(info: DistInfo, obj: Any, src: int = 0) -> Any:
     if not info.distributed:
         return obj
     device = _collective_device(info)
-    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).clone().to(device)
-    size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    payload, size = _object_to_bytes(obj, device)
     dist.broadcast(size, src=src)
     buffer = payload if info.rank == src else torch.empty(int(size), dtype=torch.uint8, device=device)
     dist.broadcast(buffer, src=src)
     _keep(payload, size, buffer)
-    return obj if info.rank == src else pickle.loads(buffer.cpu().numpy().tobytes())
+    return obj if info.rank == src else _bytes_to_object(buffer)
