@@ -106,3 +106,16 @@ def test_fast_mode_benchmark_runs_end_to_end(tmp_path, tiny_checkpoint):
     text = out.read_text()
     assert "| exhaustive | 1 | 180 |" in text and "| fast k=2 | 1 |" in text
     collect_results.check_results_text("fast_mode.md", text)
+    assert "Rows meeting every target at once" in text
+
+
+def test_fast_mode_targets_line_names_only_rows_that_meet_all_three():
+    from benchmarks.bench_fast_mode import _targets_line
+
+    def row(passes: float, wall: float, ir_lost: float, tr_lost: float) -> dict:
+        return {"pass_ratio": passes, "speedup_wall": wall, "ir_r1_lost": ir_lost, "tr_r1_lost": tr_lost}
+
+    rows = {"exhaustive": row(1, 1, 0, 0), "fast k=4": row(25, 10.5, 0.0, -0.2), "fast k=8": row(12, 8, 0, 0),
+            "fast k=2": row(49, 14, 0.0, 2.0)}  # fmt: skip
+    assert _targets_line(rows).endswith(": fast k=4.")
+    assert _targets_line({"exhaustive": rows["exhaustive"], "fast k=8": rows["fast k=8"]}).endswith(": none.")

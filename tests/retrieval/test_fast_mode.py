@@ -26,12 +26,12 @@ def test_full_depth_rerank_equals_exhaustive_on_random_matrices_with_ties():
     for _ in range(5):
         first = rng.normal(size=(35, 7)).astype(np.float32)
         exact = rng.integers(0, 4, size=(35, 7)).astype(np.float32)  # heavy ties
-        need, ir_c, tr_c = candidate_mask(first, 7, 35)
+        need, _, _ = candidate_mask(first, 7, 35)
         assert need.all()
         assert (
-            rerank_image_retrieval_ranks(first, exact, ci, ir_c) == image_retrieval_ranks(exact, ci)
+            rerank_image_retrieval_ranks(first, exact, ci, need) == image_retrieval_ranks(exact, ci)
         ).all()
-        assert (rerank_text_retrieval_ranks(first, exact, ci, tr_c) == text_retrieval_ranks(exact, ci)).all()
+        assert (rerank_text_retrieval_ranks(first, exact, ci, need) == text_retrieval_ranks(exact, ci)).all()
 
 
 def test_shallow_rerank_by_hand():
@@ -40,14 +40,33 @@ def test_shallow_rerank_by_hand():
     ci = np.array([0, 1, 2])
     first = np.array([[0.1, 0.9, 0.5], [0.0, 1.0, 0.2], [0.3, 0.2, 0.8]], dtype=np.float32)
     second = np.full((3, 3), np.nan, dtype=np.float32)
-    need, ir_c, tr_c = candidate_mask(first, 2, 2)
+    need, ir_c, _ = candidate_mask(first, 2, 1)
     second[need] = 0.0
     second[1, 1], second[1, 2] = 0.2, 0.7  # the cross-encoder demotes caption 1's image below image 2
     second[2, 2], second[2, 0] = 0.9, 0.1
-    ranks = rerank_image_retrieval_ranks(first, second, ci, ir_c)
+    # k = 2 per caption, 1 per image: each image's top caption is already among the captions' top 2 images
+    assert need.sum() == 6 and not need[0, 0]
+    assert ir_c.tolist() == [[1, 2], [1, 2], [2, 0]]
+    ranks = rerank_image_retrieval_ranks(first, second, ci, need)
     assert ranks.tolist() == [2, 1, 0]
-    # only the candidate pairs were needed: 3 captions x 2 + image columns' top-2 captions (union)
-    assert need.sum() < 9
+
+
+def test_every_scored_pair_of_a_query_is_reranked():
+    # 2 images, 2 captions each; first stage: image 1's own top-1 caption is caption 0 (wrong), but caption 3's
+    # top-1 image is image 1, so the pair (3, 1) is scored anyway and re-ranks image 1's list
+    ci = np.array([0, 0, 1, 1])
+    first = np.array([[0.1, 0.9], [0.9, 0.1], [0.6, 0.5], [0.1, 0.8]], dtype=np.float32)
+    need, _, tr_c = candidate_mask(first, 1, 1)
+    assert tr_c[1].tolist() == [0] and need[3, 1]
+    second = np.where(need, 0.0, np.nan).astype(np.float32)
+    second[3, 1], second[0, 1] = 2.0, 1.0  # the cross-encoder prefers image 1's own caption 3
+    assert rerank_text_retrieval_ranks(first, second, ci, need)[1] == 0
+    # from its own candidate alone (caption 0, wrong) image 1 would rank its best caption behind it
+    own_only = np.zeros_like(need)
+    own_only[tr_c[1], 1] = True
+    assert rerank_text_retrieval_ranks(first, second, ci, own_only)[1] >= 1
+    # a caption whose right image was only scored through that image's own top k is re-ranked too
+    assert rerank_image_retrieval_ranks(first, second, ci, need)[3] == 0
 
 
 def test_fast_mode_with_k_equal_to_gallery_is_exhaustive_end_to_end(tiny_model_and_collator):

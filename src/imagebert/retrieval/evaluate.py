@@ -166,7 +166,7 @@ def _fast(
         first = first_stage_scores(t_emb, i_emb)
     t_first = time.perf_counter() - t0
     k_ir, k_tr = min(k, g.num_images), min(k, g.num_captions)
-    need, ir_cand, tr_cand = candidate_mask(first, k_ir, k_tr)
+    need, _, _ = candidate_mask(first, k_ir, k_tr)
     bar = _progress(opts, f"evaluate {unit} fast k={k}")
     scorer = _scorer(model, collator, g, opts, int(need.sum()), bar)
     fp = {**opts.fingerprint, **_numerics(opts), "gallery": _gallery_hash(g), "mode": "fast", "k": [k_ir, k_tr],
@@ -178,7 +178,7 @@ def _fast(
             fingerprint=fp, block_captions=opts.block_captions, block_images=opts.block_images,
             on_pending=bar.set_total,
         )  # fmt: skip
-    result = rerank_recall(first, second, g.caption_image, ir_cand, tr_cand, opts.recall_ks)
+    result = rerank_recall(first, second, g.caption_image, need, opts.recall_ks)
     info = {
         "mode": "fast",
         "k": k,

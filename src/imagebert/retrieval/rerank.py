@@ -1,9 +1,11 @@
 """Fast mode: rank all pairs with a cheap first stage, re-score only the top k per query with the cross-encoder.
 
 ``first[c, i]`` is the first-stage similarity (text-only and image-only passes of the same model), ``second`` the
-cross-encoder score matrix, NaN where the pair was not re-scored. The final ranking of a query is its k candidates
-ordered by the cross-encoder, followed by every other item ordered by the first stage. With k equal to the gallery
-size every pair is a candidate and the ranks are exactly the exhaustive ones (same tie rule as ``metrics``).
+cross-encoder score matrix, NaN where the pair was not re-scored. The cross-encoder scores the union of each
+caption's top k images and each image's top k captions; the final ranking of a query is every pair of it that was
+scored (its own k and those another query's top k brought in), ordered by the cross-encoder, followed by every
+other item ordered by the first stage. With k equal to the gallery size every pair is a candidate and the ranks
+are exactly the exhaustive ones (same tie rule as ``metrics``).
 """
 
 from __future__ import annotations
@@ -47,56 +49,60 @@ def candidate_mask(first: np.ndarray, k_ir: int, k_tr: int) -> tuple[np.ndarray,
 
 
 def rerank_image_retrieval_ranks(
-    first: np.ndarray, second: np.ndarray, caption_image: np.ndarray, ir_cand: np.ndarray
+    first: np.ndarray, second: np.ndarray, caption_image: np.ndarray, scored: np.ndarray
 ) -> np.ndarray:
-    """Caption -> image ranks after re-ranking each caption's candidates by the cross-encoder."""
+    """Caption -> image ranks: the caption's scored images by cross-encoder score, then the others by first stage.
+
+    `scored[c, i]` marks the pairs the cross-encoder scored: the caption's own top k and every image whose top k
+    holds the caption. Using all of them costs no pass and makes the result depend less on the first stage.
+    """
     caption_image = np.asarray(caption_image, dtype=np.int64)
-    k = ir_cand.shape[1]
     ranks = np.empty(len(caption_image), dtype=np.int64)
     for c in range(len(caption_image)):
         gt = caption_image[c]
-        cand = ir_cand[c]
-        if (cand == gt).any():
-            s = np.asarray(second[c, cand], dtype=np.float32)
-            g = np.float32(second[c, gt])
-            if np.isnan(g) or np.isnan(s).any():
+        cand = np.asarray(scored[c], dtype=bool)
+        wrong = cand.copy()
+        wrong[gt] = False
+        if cand[gt]:
+            s = np.asarray(second[c], dtype=np.float32)
+            if np.isnan(s[cand]).any():
                 raise ValueError(f"caption {c}: a re-ranking candidate was not scored by the cross-encoder")
-            ranks[c] = int((s >= g).sum()) - 1
+            ranks[c] = int((s[wrong] >= s[gt]).sum())
         else:
             row = np.asarray(first[c], dtype=np.float32)
-            g = row[gt]
-            ahead = int((row >= g).sum()) - 1 - int((row[cand] >= g).sum())
-            ranks[c] = k + ahead
+            rest = ~cand
+            rest[gt] = False
+            ranks[c] = int(cand.sum()) + int((row[rest] >= row[gt]).sum())
     return ranks
 
 
 def rerank_text_retrieval_ranks(
-    first: np.ndarray, second: np.ndarray, caption_image: np.ndarray, tr_cand: np.ndarray
+    first: np.ndarray, second: np.ndarray, caption_image: np.ndarray, scored: np.ndarray
 ) -> np.ndarray:
-    """Image -> caption ranks after re-ranking each image's candidate captions by the cross-encoder."""
+    """Image -> caption ranks: the image's scored captions by cross-encoder score (its own top k and every caption
+    whose top k holds the image), then the others by first stage; -1 for an image without captions."""
     caption_image = np.asarray(caption_image, dtype=np.int64)
-    n_img = tr_cand.shape[0]
-    k = tr_cand.shape[1]
+    n_img = np.asarray(first).shape[1]
     ranks = np.full(n_img, -1, dtype=np.int64)
     order = np.argsort(caption_image, kind="stable")
     bounds = np.searchsorted(caption_image[order], np.arange(n_img + 1))
     for i in range(n_img):
-        own = order[bounds[i] : bounds[i + 1]]
-        if own.size == 0:
+        own = np.zeros(len(caption_image), dtype=bool)
+        own[order[bounds[i] : bounds[i + 1]]] = True
+        if not own.any():
             continue
-        cand = tr_cand[i]
-        is_own = caption_image[cand] == i
-        if is_own.any():
-            s = np.asarray(second[cand, i], dtype=np.float32)
+        cand = np.asarray(scored[:, i], dtype=bool)
+        if (cand & own).any():
+            rows = np.flatnonzero(cand)
+            s = np.asarray(second[rows, i], dtype=np.float32)
             if np.isnan(s).any():
                 raise ValueError(f"image {i}: a re-ranking candidate was not scored by the cross-encoder")
-            best = s[is_own].max()
-            ranks[i] = int((s[~is_own] >= best).sum())
+            is_own = own[rows]
+            ranks[i] = int((s[~is_own] >= s[is_own].max()).sum())
         else:
             col = np.asarray(first[:, i], dtype=np.float32)
             best = col[own].max()
-            wrong_ge = int((col >= best).sum()) - int((col[own] >= best).sum())
-            ranks[i] = k + wrong_ge - int((col[cand] >= best).sum())
+            ranks[i] = int(cand.sum()) + int((col[~cand & ~own] >= best).sum())
     return ranks
 
 
@@ -104,10 +110,10 @@ def rerank_recall(
     first: np.ndarray,
     second: np.ndarray,
     caption_image: np.ndarray,
-    ir_cand: np.ndarray,
-    tr_cand: np.ndarray,
+    scored: np.ndarray,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> RecallResult:
-    ir = recall_from_ranks(rerank_image_retrieval_ranks(first, second, caption_image, ir_cand), ks)
-    tr = recall_from_ranks(rerank_text_retrieval_ranks(first, second, caption_image, tr_cand), ks)
+    """Recall after re-ranking every query over all the pairs the cross-encoder scored (`scored`, [C, I])."""
+    ir = recall_from_ranks(rerank_image_retrieval_ranks(first, second, caption_image, scored), ks)
+    tr = recall_from_ranks(rerank_text_retrieval_ranks(first, second, caption_image, scored), ks)
     return RecallResult(ir=ir, tr=tr, num_captions=int(first.shape[0]), num_images=int(first.shape[1]))

@@ -270,28 +270,51 @@ def embed_gallery(
 def _embed(
     model, collator, gallery, device, dtype, batch_size, progress=None
 ) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-    texts = []
-    for start in range(0, gallery.num_captions, batch_size):
-        enc = collator.encode_text(gallery.texts[start : start + batch_size])
+    """Texts and images in length-sorted batches (each trimmed to its longest member), results put back in
+    gallery order: padding is masked, so sorting changes the cost, not the embeddings (beyond bf16 rounding)."""
+    enc = collator.encode_text(gallery.texts)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    lengths = mask.sum(1)
+    texts = torch.empty(0)
+    for sel in _length_sorted_batches(lengths, batch_size):
+        n = int(lengths[sel].max())
         with autocast(device, dtype):
-            e = model.encode_text(enc["input_ids"].to(device), enc["attention_mask"].to(device))
-        texts.append(e.float().cpu())
+            e = model.encode_text(ids[sel, :n].to(device), mask[sel, :n].to(device)).float().cpu()
+        if texts.numel() == 0:
+            texts = torch.empty(gallery.num_captions, e.shape[1])
+        texts[sel] = e
         if progress is not None:
-            progress.update(len(enc["input_ids"]))
-    images = []
-    for start in range(0, gallery.num_images, min(batch_size, _IMAGE_CHUNK)):
-        idx = range(start, min(start + min(batch_size, _IMAGE_CHUNK), gallery.num_images))
+            progress.update(len(sel))
+    images = torch.empty(0)
+    chunk = max(batch_size, _IMAGE_CHUNK)
+    for start in range(0, gallery.num_images, chunk):
+        idx = range(start, min(start + chunk, gallery.num_images))
         reg = collator.encode_regions([gallery.get_record(i) for i in idx])
-        with autocast(device, dtype):
-            e = model.encode_image(
-                reg["region_features"].to(device),
-                reg["region_locations"].to(device),
-                reg["region_mask"].to(device),
-            )
-        images.append(e.float().cpu())
-        if progress is not None:
-            progress.update(len(idx))
-    return torch.cat(texts).numpy(), torch.cat(images).numpy()
+        counts = reg["region_mask"].sum(1)
+        for sel in _length_sorted_batches(counts, batch_size):
+            n = int(counts[sel].max())
+            with autocast(device, dtype):
+                e = (
+                    model.encode_image(
+                        reg["region_features"][sel, :n].to(device),
+                        reg["region_locations"][sel, :n].to(device),
+                        reg["region_mask"][sel, :n].to(device),
+                    )
+                    .float()
+                    .cpu()
+                )
+            if images.numel() == 0:
+                images = torch.empty(gallery.num_images, e.shape[1])
+            images[sel + start] = e
+            if progress is not None:
+                progress.update(len(sel))
+    return texts.numpy(), images.numpy()
+
+
+def _length_sorted_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Index batches of items sorted by length (stable, so the batches are the same run to run)."""
+    order = torch.argsort(lengths, stable=True)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def first_stage_scores(text_emb: np.ndarray, image_emb: np.ndarray) -> np.ndarray:
