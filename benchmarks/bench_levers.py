@@ -33,6 +33,7 @@ from benchmarks.timing import (
     paired_ratio,
     run_interleaved,
 )
+from imagebert.runtime.attention import set_attention
 from imagebert.runtime.compile import compile_for_training
 from imagebert.runtime.precision import MasterWeights
 
@@ -155,6 +156,8 @@ PEER_ROWS = {
     "ours_compiled": "ours, `training.compile: on`",
     "ours_bf16_weights": "ours, `training.weights: bf16` (fp32 masters)",
     "ours_bf16_weights_compiled": "ours, `training.weights: bf16` + `training.compile: on`",
+    "ours_eager_attention": "ours, `training.attention: eager`",
+    "ours_bf16_weights_eager_attention": "ours, `training.weights: bf16` + `training.attention: eager`",
     "visualbert": "VisualBERT (HF), fp32 weights{autocast}",
 }
 
@@ -169,9 +172,10 @@ def peer_lever(sizes: speed.Sizes, precision: str, min_reps: int, max_reps: int)
     like_for_like = speed.training_settings(sizes, inputs, precision, models)
     steps: dict[str, Any] = {"ours": like_for_like["ours_masked"]}
 
-    def variant(resident: bool, compiled: bool) -> Any:
+    def variant(resident: bool, compiled: bool, attention: str = "sdpa") -> Any:
         model = speed.build_ours(sizes, mlm_itm_only=True)
         model.load_state_dict(models["ours"].state_dict())
+        set_attention(model, attention, "cpu", None)
         master = MasterWeights(model) if resident else None
         params = [m for _, m in master.pairs] if master is not None else list(model.parameters())
         opt = torch.optim.AdamW(params, lr=1e-5, fused=True)  # the optimizer of the other rows
@@ -184,13 +188,15 @@ def peer_lever(sizes: speed.Sizes, precision: str, min_reps: int, max_reps: int)
         return step
 
     steps["ours_compiled"] = variant(False, True)
+    steps["ours_eager_attention"] = variant(False, False, "eager")
     if precision == "bf16":
         steps["ours_bf16_weights"] = variant(True, False)
         steps["ours_bf16_weights_compiled"] = variant(True, True)
+        steps["ours_bf16_weights_eager_attention"] = variant(True, False, "eager")
     steps["visualbert"] = like_for_like["visualbert_masked"]
     for fn in steps.values():  # the compiled rows compile here, outside the timed rounds
         fn()
-    series = run_interleaved(steps, warmup=1, min_reps=min_reps, max_reps=max_reps,
+    series = run_interleaved(steps, warmup=2, min_reps=min_reps, max_reps=max_reps,
                              log=lambda m: print(f"[levers] peer {precision} {m}", file=sys.stderr, flush=True))  # fmt: skip
     return {
         "precision": precision,
@@ -208,7 +214,7 @@ def peer_lever(sizes: speed.Sizes, precision: str, min_reps: int, max_reps: int)
 def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
     s = report["sizes"]
     lines = [
-        "# Levers: torch.compile and bf16-resident weights for scoring and training",
+        "# Levers: torch.compile, bf16-resident weights and the attention kernel for scoring and training",
         "",
         command_line("benchmarks.bench_levers", argv),
         "",

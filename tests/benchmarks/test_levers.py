@@ -122,8 +122,10 @@ def test_peer_lever_times_every_training_setting_on_the_same_work():
     assert list(rows) == [
         "ours",
         "ours_compiled",
+        "ours_eager_attention",
         "ours_bf16_weights",
         "ours_bf16_weights_compiled",
+        "ours_bf16_weights_eager_attention",
         "visualbert",
     ]
     assert all(r["reps"] == 2 and r["cpu_s"] > 0 for r in rows.values())
@@ -131,5 +133,6 @@ def test_peer_lever_times_every_training_setting_on_the_same_work():
         per_round = [v / o for v, o in zip(rows["visualbert"]["cpu_all"], rows[key]["cpu_all"], strict=True)]
         assert ratio["median"] == pytest.approx(float(np.median(per_round)))
     page = bench_levers.to_markdown({"sizes": vars(sizes), "peer": [report]}, ["--quick"])
-    for label in ("`training.weights: bf16` + `training.compile: on`", "VisualBERT (HF)"):
+    for label in ("`training.weights: bf16` + `training.compile: on`", "`training.attention: eager`",
+                  "VisualBERT (HF)"):  # fmt: skip
         assert label in page

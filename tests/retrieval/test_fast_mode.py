@@ -123,3 +123,17 @@ def test_fast_mode_refuses_untrained_contrastive_projections(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "contrastive (ITC) projections were never trained" in err and "task_itc=true" in err
     assert main([*args, "--mode", "exhaustive", "--out", str(tmp_path / "ex")]) == 0
+
+
+def test_eager_attention_evaluates_the_same_and_hands_the_model_back(tiny_model_and_collator):
+    model, collator = tiny_model_and_collator
+    records, captions = make_records(5, seed=3)
+    g = Gallery.from_records(records, [(c.image_id, c.text) for c in captions])
+    before = model.config._attn_implementation
+    res = {}
+    for attention in ("sdpa", "eager"):
+        opts = EvalOptions(mode="both", ks_fast=[2], precision="fp32", attention=attention)
+        res[attention] = evaluate_gallery(model, collator, g, "flickr1k", opts)["flickr1k"]
+        assert model.config._attn_implementation == before
+    for label in ("exhaustive", "fast k=2"):
+        assert res["eager"][label]["rsum"] == res["sdpa"][label]["rsum"]

@@ -62,6 +62,9 @@ class EvaluateSettings:
     compile: Literal["off", "on", "auto"] = field(default="off", metadata=meta(
         "torch.compile the cross-encoder (auto: on for long CUDA runs; on a CPU the compile time rarely pays "
         "back)"))  # fmt: skip
+    attention: Literal["auto", "sdpa", "eager"] = field(default="sdpa", metadata=meta(
+        "the encoder's attention kernel (auto: eager on a CPU in bf16, where it was measured faster; sdpa "
+        "elsewhere), see imagebert.runtime.attention"))  # fmt: skip
     threads: str = threads_field()
 
     def validate(self) -> None:
@@ -155,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     dataset = s.dataset  # a shipped name is already its file (config_utils: `config="datasets"` fields)
     opts = EvalOptions(mode=s.mode, ks_fast=list(s.k), fold_size=s.fold_size, device=s.device, precision=s.precision,
                        batch_size=s.batch_size, block_captions=s.block[0], block_images=s.block[1],
-                       weights=s.weights, compile=s.compile)  # fmt: skip
+                       weights=s.weights, compile=s.compile, attention=s.attention)  # fmt: skip
     apply_threads(s.threads)
     lock = None
     try:

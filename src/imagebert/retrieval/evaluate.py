@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class EvalOptions:
         "fp32"  # fp32 | bf16: bf16-resident encoder weights when precision is bf16 (score head fp32)
     )
     compile: str = "off"  # off | on | auto (auto: on for CUDA runs of at least COMPILE_AUTO_MIN_PAIRS pairs)
+    attention: str = "sdpa"  # sdpa | eager | auto (eager on a CPU in bf16), imagebert.runtime.attention
     progress: bool = True  # a bar on a terminal, a line every 30 s otherwise, and a summary line
     cache_dir: str | None = None  # resumable score matrices live here
     fingerprint: dict = field(default_factory=dict)  # what identifies the model (checkpoint, weights mtime)
@@ -114,6 +115,8 @@ def _numerics(opts: EvalOptions) -> dict:
         out["resident_weights"] = opts.weights
     if opts.compile != "off":
         out["compile"] = opts.compile
+    if opts.attention != "sdpa":
+        out["attention"] = opts.attention
     return out
 
 
@@ -197,8 +200,25 @@ def evaluate_gallery(
     """Results per protocol and mode: {protocol: {label: RecallResult.to_dict() + timing}}.
 
     Labels: "exhaustive", "fast k=K". COCO "all" scores the 5k matrix once and reads the five 1k folds off it in
-    exhaustive mode; fast mode ranks each fold on its own (its first stage sees only the fold's gallery).
+    exhaustive mode; fast mode ranks each fold on its own (its first stage sees only the fold's gallery). The
+    model runs with `opts.attention`'s kernel for the call and gets its own back afterwards.
     """
+    from imagebert.runtime.attention import set_attention
+    from imagebert.runtime.precision import resolve_precision
+
+    device = next(model.parameters()).device
+    before = getattr(model.config, "_attn_implementation", "sdpa")
+    impl = set_attention(model, opts.attention, device, resolve_precision(opts.precision, device))
+    try:
+        return _evaluate_gallery(model, collator, gallery, protocol, replace(opts, attention=impl))
+    finally:
+        if model.config._attn_implementation != before:
+            model.set_attn_implementation(before)
+
+
+def _evaluate_gallery(
+    model: Any, collator: Any, gallery: Gallery, protocol: str, opts: EvalOptions
+) -> dict[str, Any]:
     units = protocol_units(protocol, gallery, opts)
     modes = ["exhaustive", "fast"] if opts.mode == "both" else [opts.mode]
     if any(m not in ("exhaustive", "fast") for m in modes):

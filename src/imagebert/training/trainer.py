@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from imagebert.runtime.attention import ATTENTION_SETTINGS, set_attention
 from imagebert.runtime.compile import (
     COMPILE_AUTO_MIN_STEPS,
     COMPILE_SETTINGS,
@@ -98,6 +99,9 @@ class TrainerConfig:
     # bf16: the model holds bf16 weights (no per-forward weight casts) and the optimizer fp32 masters; needs
     # precision bf16. Checkpoints hold the fp32 masters.
     weights: Literal["fp32", "bf16"] = "fp32"
+    # the encoder's attention kernel: sdpa | eager | auto (eager on a CPU in bf16, where it was measured faster,
+    # sdpa elsewhere); see imagebert.runtime.attention
+    attention: Literal["auto", "sdpa", "eager"] = "sdpa"
 
     def validate(self, prefix: str = "training") -> None:
         from imagebert.config_utils import ConfigError
@@ -126,6 +130,10 @@ class TrainerConfig:
         if self.compile not in COMPILE_SETTINGS:
             raise ConfigError(
                 f"{prefix}.compile must be one of {', '.join(COMPILE_SETTINGS)}, got {self.compile!r}"
+            )
+        if self.attention not in ATTENTION_SETTINGS:
+            raise ConfigError(
+                f"{prefix}.attention must be one of {', '.join(ATTENTION_SETTINGS)}, got {self.attention!r}"
             )
         if self.evaluate_every < 0:
             raise ConfigError(
@@ -304,6 +312,8 @@ class Trainer:
         else:
             self.wrapped = self.loss_module
         self._autocast_dtype = resolve_precision(config.precision, self.device)
+        self.attention = set_attention(self.model, config.attention, self.device, self._autocast_dtype)
+        self.extra_meta = {**self.extra_meta, "attention": self.attention}
 
         self.sampler = ShardedBatchSampler(
             len(dataset),
