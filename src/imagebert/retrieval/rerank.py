@@ -61,12 +61,12 @@ def rerank_image_retrieval_ranks(
     for c in range(len(caption_image)):
         gt = caption_image[c]
         cand = np.asarray(scored[c], dtype=bool)
-        wrong = cand.copy()
-        wrong[gt] = False
         if cand[gt]:
             s = np.asarray(second[c], dtype=np.float32)
             if np.isnan(s[cand]).any():
                 raise ValueError(f"caption {c}: a re-ranking candidate was not scored by the cross-encoder")
+            wrong = cand.copy()
+            wrong[gt] = False
             ranks[c] = int((s[wrong] >= s[gt]).sum())
         else:
             row = np.asarray(first[c], dtype=np.float32)

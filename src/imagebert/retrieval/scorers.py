@@ -274,47 +274,54 @@ def _embed(
     gallery order: padding is masked, so sorting changes the cost, not the embeddings (beyond bf16 rounding)."""
     enc = collator.encode_text(gallery.texts)
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    lengths = mask.sum(1)
-    texts = torch.empty(0)
-    for sel in _length_sorted_batches(lengths, batch_size):
-        n = int(lengths[sel].max())
-        with autocast(device, dtype):
-            e = model.encode_text(ids[sel, :n].to(device), mask[sel, :n].to(device)).float().cpu()
-        if texts.numel() == 0:
-            texts = torch.empty(gallery.num_captions, e.shape[1])
-        texts[sel] = e
-        if progress is not None:
-            progress.update(len(sel))
-    images = torch.empty(0)
+
+    def text_batch(sel: torch.Tensor, n: int) -> torch.Tensor:
+        return model.encode_text(ids[sel, :n].to(device), mask[sel, :n].to(device))
+
+    texts = _in_length_sorted_batches(mask.sum(1), batch_size, text_batch, device, dtype, progress)
+    images = []
     chunk = max(batch_size, _IMAGE_CHUNK)
     for start in range(0, gallery.num_images, chunk):
-        idx = range(start, min(start + chunk, gallery.num_images))
-        reg = collator.encode_regions([gallery.get_record(i) for i in idx])
-        counts = reg["region_mask"].sum(1)
-        for sel in _length_sorted_batches(counts, batch_size):
-            n = int(counts[sel].max())
-            with autocast(device, dtype):
-                e = (
-                    model.encode_image(
-                        reg["region_features"][sel, :n].to(device),
-                        reg["region_locations"][sel, :n].to(device),
-                        reg["region_mask"][sel, :n].to(device),
-                    )
-                    .float()
-                    .cpu()
-                )
-            if images.numel() == 0:
-                images = torch.empty(gallery.num_images, e.shape[1])
-            images[sel + start] = e
-            if progress is not None:
-                progress.update(len(sel))
-    return texts.numpy(), images.numpy()
+        reg = collator.encode_regions(
+            [gallery.get_record(i) for i in range(start, min(start + chunk, gallery.num_images))]
+        )
+
+        def image_batch(sel: torch.Tensor, n: int, reg: dict = reg) -> torch.Tensor:
+            return model.encode_image(*(reg[k][sel, :n].to(device) for k in _REGION_KEYS))
+
+        images.append(
+            _in_length_sorted_batches(
+                reg["region_mask"].sum(1), batch_size, image_batch, device, dtype, progress
+            )
+        )
+    return texts.numpy(), torch.cat(images).numpy()
 
 
-def _length_sorted_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Index batches of items sorted by length (stable, so the batches are the same run to run)."""
+_REGION_KEYS = ("region_features", "region_locations", "region_mask")
+
+
+def _in_length_sorted_batches(
+    lengths: torch.Tensor,
+    batch_size: int,
+    run: Callable[[torch.Tensor, int], torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    progress: Any = None,
+) -> torch.Tensor:
+    """`run(rows, longest)` over batches of items sorted by length (stable, so the batches are the same run to
+    run), the float32 results back in the items' order."""
     order = torch.argsort(lengths, stable=True)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    parts = []
+    for start in range(0, len(order), batch_size):
+        sel = order[start : start + batch_size]
+        with autocast(device, dtype):
+            parts.append(run(sel, int(lengths[sel].max())).float().cpu())
+        if progress is not None:
+            progress.update(len(sel))
+    in_order = torch.cat(parts)
+    out = torch.empty_like(in_order)
+    out[order] = in_order
+    return out
 
 
 def first_stage_scores(text_emb: np.ndarray, image_emb: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ batched matmuls around a softmax, which autocast runs in fp32). On CUDA SDPA's f
 choice. On a CPU in bf16, SDPA's flash kernel is slow on BERT's 64-wide heads: on the 2-core development VM the
 eager kernel made the BERT-base training step faster (benchmarks/results/levers.md measures it against SDPA and
 against VisualBERT), while in fp32 it was not. Hence "auto": eager on a CPU in bf16, SDPA everywhere else. It
-is not the default for training or evaluation (docs/performance.md: the demo A/B). The two differ at bf16 rounding only: eager rounds the attention probabilities to bf16 before
-multiplying them with the values, SDPA's flash kernel keeps them in fp32.
+is not the default for training or evaluation (docs/performance.md: the demo A/B). The two differ at bf16
+rounding only: eager rounds the attention probabilities to bf16 before multiplying them with the values, SDPA's
+flash kernel keeps them in fp32.
 """
 
 from __future__ import annotations
