@@ -155,7 +155,7 @@ def write_outputs(page: str, report: Any, out: str | None, json_path: str | None
     from pathlib import Path
 
     print(page)
-    if out:
-        Path(out).write_text(page, encoding="utf-8")
-    if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=1))
+    for path, text in ((out, page), (json_path, None)):
+        if path:  # benchmarks/out is not in the repository: a fresh clone has no such folder yet
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(report, indent=1) if text is None else text, encoding="utf-8")

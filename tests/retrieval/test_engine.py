@@ -90,3 +90,44 @@ def test_fast_mode_on_coco1k_folds_matches_exhaustive_at_full_depth(tiny_model_a
     assert len(res["fast k=4"]["folds"]) == 5
     # k=1: each caption keeps 1 of its fold's 2 images, each image 1 of 4 captions (union per fold <= 4 + 2)
     assert res["fast k=1"]["cross_encoder_pairs"] <= 5 * (4 + 2)
+
+
+class _CallRecordingScorer(_CountingScorer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def score_pairs(self, caption_idx, image_idx):
+        self.calls.append(len(caption_idx))
+        return super().score_pairs(caption_idx, image_idx)
+
+
+def test_sparse_blocks_share_a_call_and_full_blocks_keep_their_own():
+    from imagebert.retrieval.engine import BlockPlan, call_groups
+
+    rng = np.random.default_rng(0)
+    need = rng.random((40, 30)) < 0.1  # fast-mode-like: a few pairs per 10 x 10 block
+    s = _CallRecordingScorer()
+    sparse, stats = score_matrix(s, 40, 30, need=need, block_captions=10, block_images=10)
+    c, i = np.nonzero(need)
+    assert np.array_equal(sparse[c, i], np.sin(c * 1.7 + i * 0.3).astype(np.float32))
+    assert np.isnan(sparse[~need]).all() and stats.blocks_scored == 12 and s.pairs == need.sum()
+    assert len(s.calls) < 12 and max(s.calls) <= 100  # merged, never beyond one full block's worth
+    # exhaustive (and every pair needed) makes one call per full block, as before
+    plan = BlockPlan(40, 30, 10, 10)
+    assert call_groups(plan, list(range(12)), None) == [[b] for b in range(12)]
+    assert call_groups(plan, list(range(12)), np.ones((40, 30), bool)) == [[b] for b in range(12)]
+    s_full = _CallRecordingScorer()
+    score_matrix(s_full, 40, 30, block_captions=10, block_images=10)
+    assert s_full.calls == [100] * 12
+
+
+def test_a_merged_call_that_is_interrupted_resumes_to_the_same_scores(tmp_path):
+    need = np.random.default_rng(1).random((40, 30)) < 0.1
+    kw = dict(need=need, block_captions=10, block_images=10, fingerprint={"model": "sin"})
+    reference, _ = score_matrix(_CountingScorer(), 40, 30, **kw)
+    partial, st1 = score_matrix(_CountingScorer(), 40, 30, cache_dir=tmp_path / "c", max_blocks=5, **kw)
+    assert st1.blocks_scored == 5 and np.isnan(partial[need]).any()
+    resumed, st2 = score_matrix(_CountingScorer(), 40, 30, cache_dir=tmp_path / "c", **kw)
+    assert st2.blocks_cached == 5 and st2.blocks_scored == 7
+    assert np.array_equal(resumed, reference, equal_nan=True)

@@ -2,7 +2,8 @@
 
 Why blocks: they are the unit of sharding (ranks take pending blocks round-robin), of resumption (a block is
 either entirely in the cache or recomputed) and of image reuse (a block's images are encoded once for all of its
-captions). The engine knows nothing about models: a scorer is anything with
+captions; blocks that need few pairs, as in fast mode, share one scorer call, see `call_groups`). The engine
+knows nothing about models: a scorer is anything with
 ``score_pairs(caption_idx, image_idx) -> float32 scores``.
 
 Cache layout (``cache_dir``): ``scores.npy`` a float32 memory-mapped matrix (NaN = not scored),
@@ -249,19 +250,59 @@ class ScoreCache:
         _atomic_save(self.dir / f"done.rank{self.rank}.npy", own_checksums >= 0)
 
 
-def _score_block(
-    scorer: PairScorer, plan: BlockPlan, b: int, need: np.ndarray | None
-) -> tuple[np.ndarray, int]:
+def _block_cells(plan: BlockPlan, b: int, need: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) within block b of the pairs to score, row-major."""
     rows, cols = plan.block(b)
     n_r, n_c = rows.stop - rows.start, cols.stop - cols.start
-    block = np.full((n_r, n_c), np.nan, dtype=np.float32)
     if need is None:
-        rr, cc = np.divmod(np.arange(n_r * n_c), n_c)
-    else:
-        rr, cc = np.nonzero(need[rows, cols])
-    if rr.size:
-        block[rr, cc] = scorer.score_pairs(rr + rows.start, cc + cols.start)
-    return block, int(rr.size)
+        return np.divmod(np.arange(n_r * n_c), n_c)
+    return np.nonzero(need[rows, cols])
+
+
+def _score_blocks(
+    scorer: PairScorer, plan: BlockPlan, group: list[int], need: np.ndarray | None
+) -> list[tuple[np.ndarray, int]]:
+    """The blocks of `group` in one `score_pairs` call: (scores with NaN where not needed, pairs) per block."""
+    cells = [_block_cells(plan, b, need) for b in group]
+    caption_idx, image_idx = [], []
+    for b, (rr, cc) in zip(group, cells, strict=True):
+        rows, cols = plan.block(b)
+        caption_idx.append(rr + rows.start)
+        image_idx.append(cc + cols.start)
+    total = sum(len(rr) for rr, _ in cells)
+    scores = scorer.score_pairs(np.concatenate(caption_idx), np.concatenate(image_idx)) if total else None
+    out, start = [], 0
+    for b, (rr, cc) in zip(group, cells, strict=True):
+        rows, cols = plan.block(b)
+        block = np.full((rows.stop - rows.start, cols.stop - cols.start), np.nan, dtype=np.float32)
+        if rr.size:
+            block[rr, cc] = scores[start : start + rr.size]
+            start += rr.size
+        out.append((block, int(rr.size)))
+    return out
+
+
+def call_groups(plan: BlockPlan, blocks: list[int], need: np.ndarray | None) -> list[list[int]]:
+    """Consecutive blocks merged into one scorer call while their pairs fit in one full block's worth.
+
+    Why: fast mode needs a few pairs per block, and scoring each block on its own gives short, ragged batches
+    sorted over few pairs; merged, the scorer sorts a full block's worth and its batches carry less padding. A
+    full block is always a call of its own, and the rule looks only at pair counts, so exhaustive mode and fast
+    mode with every pair needed make the same calls (and the same scores, bit for bit)."""
+    cap = plan.block_captions * plan.block_images
+    groups: list[list[int]] = []
+    current: list[int] = []
+    pairs = 0
+    for b in blocks:
+        n = _block_pairs(plan, b, need)
+        if current and pairs + n > cap:
+            groups.append(current)
+            current, pairs = [], 0
+        current.append(b)
+        pairs += n
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _block_pairs(plan: BlockPlan, b: int, need: np.ndarray | None) -> int:
@@ -269,6 +310,19 @@ def _block_pairs(plan: BlockPlan, b: int, need: np.ndarray | None) -> int:
     if need is None:
         return (rows.stop - rows.start) * (cols.stop - cols.start)
     return int(need[rows, cols].sum())
+
+
+def _first_blocks(groups: list[list[int]], max_blocks: int | None) -> list[list[int]]:
+    """The groups cut down to their first `max_blocks` blocks in all (None: all of them)."""
+    if max_blocks is None:
+        return groups
+    out, left = [], max_blocks
+    for g in groups:
+        if left <= 0:
+            break
+        out.append(g[:left])
+        left -= len(out[-1])
+    return out
 
 
 def score_matrix(
@@ -310,25 +364,31 @@ def score_matrix(
         else:
             matrix = np.full((num_captions, num_images), np.nan, dtype=np.float32)
         done = np.zeros(plan.num_blocks, dtype=bool)
-    pending = [b for b in range(plan.num_blocks) if not done[b]]
-    stats.blocks_cached = plan.num_blocks - len(pending)
-    mine = pending[rank::world]
+    # groups over the whole plan, then shared round-robin: the calls (and so the scores, bit for bit) do not depend
+    # on the number of ranks or on what an earlier run cached (a group is marked done as a whole)
+    pending = [[b for b in g if not done[b]] for g in call_groups(plan, list(range(plan.num_blocks)), need)]
+    pending = [g for g in pending if g]
+    stats.blocks_cached = plan.num_blocks - sum(len(g) for g in pending)
+    mine = _first_blocks(pending[rank::world], max_blocks)
     if on_pending is not None:  # the pairs this rank will score (for a progress bar's total and ETA)
-        on_pending(sum(_block_pairs(plan, b, need) for b in mine[:max_blocks]))
-    for n, b in enumerate(mine):
-        if max_blocks is not None and n >= max_blocks:
-            break
-        block, count = _score_block(scorer, plan, b, need)
-        rows, cols = plan.block(b)
-        matrix[rows, cols] = block
-        stats.pairs_scored += count
-        stats.blocks_scored += 1
-        if cache_dir is not None:
+        on_pending(sum(_block_pairs(plan, b, need) for g in mine for b in g))
+    n = 0
+    total = sum(len(g) for g in mine)
+    for group in mine:
+        for b, (block, count) in zip(group, _score_blocks(scorer, plan, group, need), strict=True):
+            rows, cols = plan.block(b)
+            matrix[rows, cols] = block
+            stats.pairs_scored += count
+            stats.blocks_scored += 1
+            if cache_dir is not None:
+                own_crcs[b] = block_checksum(block)
+        if cache_dir is not None:  # scores flushed before the blocks are marked done
             matrix.flush()
-            own_crcs[b] = block_checksum(block)
             cache.mark_done(own_crcs)
-        if progress is not None:
-            progress(n + 1, len(mine))
+        for _ in group:
+            n += 1
+            if progress is not None:
+                progress(n, total)
     _barrier()
     stats.pairs_scored_all_ranks = stats.pairs_scored
     if world > 1:
