@@ -202,3 +202,14 @@ def test_evaluate_settings_keep_the_old_checks(capsys):
     assert "--k values must be >= 1" in capsys.readouterr().err
     assert main(["evaluate", "--dataset", "y"]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_building_the_parser_imports_no_command_machinery():
+    """Every command builds the whole parser; what only one command needs must load when that command runs."""
+    code = (
+        "import sys; from imagebert.cli import build_parser; build_parser(['evaluate']); "
+        "heavy = [m for m in ('torch', 'transformers', 'warcio', 'imagebert.lait.pipeline') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
