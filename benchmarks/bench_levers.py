@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from benchmarks.timing import (
     one_thread,
     paired_ratio,
     run_interleaved,
+    write_outputs,
 )
 from imagebert.runtime.attention import set_attention
 from imagebert.runtime.compile import compile_for_training
@@ -323,12 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         report["peer"] = [
             peer_lever(sizes, p, args.min_reps, args.max_reps) for p in args.peer_precisions.split(",")
         ]
-    page = to_markdown(report, argv)
-    print(page)
-    if args.out:
-        Path(args.out).write_text(page, encoding="utf-8")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    write_outputs(to_markdown(report, argv), report, args.out, args.json)
     return 0
 
 

@@ -154,8 +154,12 @@ def write_outputs(page: str, report: Any, out: str | None, json_path: str | None
     import json
     from pathlib import Path
 
+    def write(path: str, text: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # benchmarks/out is not in a fresh clone
+        Path(path).write_text(text, encoding="utf-8")
+
     print(page)
-    for path, text in ((out, page), (json_path, None)):
-        if path:  # benchmarks/out is not in the repository: a fresh clone has no such folder yet
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(report, indent=1) if text is None else text, encoding="utf-8")
+    if out:
+        write(out, page)
+    if json_path:
+        write(json_path, json.dumps(report, indent=1, default=str))  # str: paths, dtypes in a report

@@ -263,21 +263,16 @@ def _score_blocks(
     scorer: PairScorer, plan: BlockPlan, group: list[int], need: np.ndarray | None
 ) -> list[tuple[np.ndarray, int]]:
     """The blocks of `group` in one `score_pairs` call: (scores with NaN where not needed, pairs) per block."""
+    spans = [plan.block(b) for b in group]
     cells = [_block_cells(plan, b, need) for b in group]
-    caption_idx, image_idx = [], []
-    for b, (rr, cc) in zip(group, cells, strict=True):
-        rows, cols = plan.block(b)
-        caption_idx.append(rr + rows.start)
-        image_idx.append(cc + cols.start)
-    total = sum(len(rr) for rr, _ in cells)
-    scores = scorer.score_pairs(np.concatenate(caption_idx), np.concatenate(image_idx)) if total else None
+    caption_idx = np.concatenate([rr + rows.start for (rows, _), (rr, _) in zip(spans, cells, strict=True)])
+    image_idx = np.concatenate([cc + cols.start for (_, cols), (_, cc) in zip(spans, cells, strict=True)])
+    scores = scorer.score_pairs(caption_idx, image_idx) if caption_idx.size else np.empty(0, np.float32)
     out, start = [], 0
-    for b, (rr, cc) in zip(group, cells, strict=True):
-        rows, cols = plan.block(b)
+    for (rows, cols), (rr, cc) in zip(spans, cells, strict=True):
         block = np.full((rows.stop - rows.start, cols.stop - cols.start), np.nan, dtype=np.float32)
-        if rr.size:
-            block[rr, cc] = scores[start : start + rr.size]
-            start += rr.size
+        block[rr, cc] = scores[start : start + rr.size]
+        start += rr.size
         out.append((block, int(rr.size)))
     return out
 
