@@ -17,6 +17,7 @@ from pathlib import Path
 ORDER = [
     "speed",
     "levers",
+    "allocator",
     "resident_weights",
     "fast_mode",
     "gpu",

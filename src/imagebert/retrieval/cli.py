@@ -65,6 +65,9 @@ class EvaluateSettings:
     attention: Literal["auto", "sdpa", "eager"] = field(default="sdpa", metadata=meta(
         "the encoder's attention kernel (auto: eager on a CPU in bf16, where it was measured faster; sdpa "
         "elsewhere), see imagebert.runtime.attention"))  # fmt: skip
+    cpu_allocator: Literal["tuned", "system"] = field(default="tuned", metadata=meta(
+        "tuned: raise glibc's malloc thresholds so scoring reuses freed buffers instead of page-faulting them "
+        "back (imagebert.runtime.allocator); system: leave malloc alone"))  # fmt: skip
     threads: str = threads_field()
 
     def validate(self) -> None:
@@ -153,6 +156,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     s = load_command_config(EvaluateSettings, args)
+    from imagebert.runtime.allocator import tune_cpu_allocator
+
+    # before the model exists; it tunes host memory only, so CUDA runs lose nothing
+    tune_cpu_allocator(s.cpu_allocator)
     if (args.resume or args.overwrite) and s.out is None:
         raise CliError("--resume and --overwrite need --out")
     dataset = s.dataset  # a shipped name is already its file (config_utils: `config="datasets"` fields)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from imagebert.runtime.allocator import ALLOCATOR_SETTINGS, tune_cpu_allocator
 from imagebert.runtime.attention import ATTENTION_SETTINGS, set_attention
 from imagebert.runtime.compile import (
     COMPILE_AUTO_MIN_STEPS,
@@ -102,6 +103,9 @@ class TrainerConfig:
     # the encoder's attention kernel: sdpa | eager | auto (eager on a CPU in bf16, where it was measured faster,
     # sdpa elsewhere); see imagebert.runtime.attention
     attention: Literal["auto", "sdpa", "eager"] = "sdpa"
+    # CPU runs: tuned keeps freed tensor memory mapped (glibc malloc thresholds raised) instead of page-faulting
+    # it back every step; system leaves malloc alone. See imagebert.runtime.allocator
+    cpu_allocator: Literal["tuned", "system"] = "tuned"
 
     def validate(self, prefix: str = "training") -> None:
         from imagebert.config_utils import ConfigError
@@ -134,6 +138,10 @@ class TrainerConfig:
         if self.attention not in ATTENTION_SETTINGS:
             raise ConfigError(
                 f"{prefix}.attention must be one of {', '.join(ATTENTION_SETTINGS)}, got {self.attention!r}"
+            )
+        if self.cpu_allocator not in ALLOCATOR_SETTINGS:
+            raise ConfigError(
+                f"{prefix}.cpu_allocator must be one of {', '.join(ALLOCATOR_SETTINGS)}, got {self.cpu_allocator!r}"
             )
         if self.evaluate_every < 0:
             raise ConfigError(
@@ -299,6 +307,7 @@ class Trainer:
         from imagebert.runtime.threads import apply_threads
 
         apply_threads(config.num_threads)
+        self.allocator_tuned = self.device.type == "cpu" and tune_cpu_allocator(config.cpu_allocator)
 
         self.model = model.to(self.device)
         # before DDP, which sizes its buckets from the parameters' dtype
