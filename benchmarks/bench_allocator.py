@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.timing import command_line, fmt_spread, machine_line, spread, write_outputs
@@ -70,9 +71,19 @@ def run_child(setting: str, precision: str, steps: int, tiny: bool) -> dict[str,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _cpu(rec: dict[str, list[float]]) -> list[float]:
+    """Per-step process CPU time (user + system) of one child's record of one model."""
+    return [u + s for u, s in zip(rec["user"], rec["sys"], strict=True)]
+
+
 def measure(
-    *, rounds: int, steps: int, precision: str = "fp32", tiny: bool = False, log=print
-) -> dict[str, Any]:  # noqa: ANN001
+    *,
+    rounds: int,
+    steps: int,
+    precision: str = "fp32",
+    tiny: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     runs: dict[str, list[dict]] = {s: [] for s in SETTINGS}
     for rnd in range(rounds):
         for setting in SETTINGS:
@@ -86,7 +97,7 @@ def measure(
         for name in STEPS:
             user = [u for r in runs[setting] for u in r[name]["user"]]
             sys_t = [s for r in runs[setting] for s in r[name]["sys"]]
-            cpu = [u + s for u, s in zip(user, sys_t, strict=True)]
+            cpu = [c for r in runs[setting] for c in _cpu(r[name])]
             wall = [w for r in runs[setting] for w in r[name]["wall"]]
             rows[f"{setting}/{name}"] = {
                 "setting": setting, "step": name, "steps": len(cpu),
@@ -100,8 +111,7 @@ def measure(
     speedups = {}
     for name in STEPS:
         per_round = [
-            statistics.median([u + s for u, s in zip(a[name]["user"], a[name]["sys"], strict=True)])
-            / statistics.median([u + s for u, s in zip(b[name]["user"], b[name]["sys"], strict=True)])
+            statistics.median(_cpu(a[name])) / statistics.median(_cpu(b[name]))
             for a, b in zip(runs["system"], runs["tuned"], strict=True)
         ]
         speedups[name] = {"median": statistics.median(per_round), "spread": spread(per_round)}

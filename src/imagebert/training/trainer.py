@@ -307,7 +307,8 @@ class Trainer:
         from imagebert.runtime.threads import apply_threads
 
         apply_threads(config.num_threads)
-        self.allocator_tuned = self.device.type == "cpu" and tune_cpu_allocator(config.cpu_allocator)
+        if self.device.type == "cpu":
+            tune_cpu_allocator(config.cpu_allocator)
 
         self.model = model.to(self.device)
         # before DDP, which sizes its buckets from the parameters' dtype
