@@ -1,12 +1,14 @@
 """The CPU allocator lever: the tuning is applied where glibc has it, and it does stop the page-faulting.
 
-What can fail: mallopt not found or refusing a value (the tuning silently not in effect), "system" tuning
-anyway, an unknown setting accepted, the trainer ignoring `training.cpu_allocator`. Each check runs in a
-child process because mallopt changes the whole process and cannot be undone.
+What can fail: mallopt not found or refusing a value (the tuning silently not in effect), the tuned process
+faulting its freed buffers back in, "system" tuning anyway, an unknown setting accepted by the function or by
+`training.cpu_allocator`. The fault check runs in child processes because mallopt changes the whole process and
+cannot be undone.
 """
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import textwrap
@@ -16,8 +18,9 @@ import pytest
 from imagebert.runtime.allocator import tune_cpu_allocator
 
 # One "step": twelve 8 MiB buffers (under glibc's 32 MiB mmap ceiling) allocated, touched and freed together, as a
-# step's activations are. Freed, they leave 96 MiB at the heap top: more than the system allocator keeps (twice
-# its adaptive mmap threshold), so it hands them back and faults them in again every step.
+# step's activations are: 10 steps touch 245,760 pages. Tuned, the freed buffers stay mapped and later steps reuse
+# them (0-4,096 faults in 10 steps here). The system allocator's count depends on where its heap landed: from
+# 2,048 to 245,440 faults in runs on the same machine, so it is printed, not compared against.
 _FAULTS = textwrap.dedent(
     """
     import resource, sys
@@ -27,6 +30,7 @@ _FAULTS = textwrap.dedent(
     def step():
         xs = [torch.ones(2 << 20) for _ in range(12)]
         return sum(float(x[-1]) for x in xs)
+    step()
     step()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
@@ -47,8 +51,8 @@ def test_tuned_allocator_keeps_freed_buffers_mapped():
     sys_applied, sys_faults = _faults("system")
     tuned_applied, tuned_faults = _faults("tuned")
     assert not sys_applied and tuned_applied
-    # the system allocator unmaps and re-faults the big buffers every step; the tuned one reuses them
-    assert tuned_faults < sys_faults / 4, (tuned_faults, sys_faults)
+    touched = 10 * 12 * (8 << 20) // resource.getpagesize()
+    assert tuned_faults < touched / 20, (tuned_faults, touched, sys_faults)
 
 
 def test_unknown_setting_is_refused():
