@@ -36,7 +36,7 @@ def child(setting: str, precision: str, steps: int, tiny: bool) -> dict[str, Any
     from benchmarks import speed
     from benchmarks.timing import one_thread
 
-    one_thread()
+    one_thread(allocator=setting)
     sizes = speed.tiny_sizes() if tiny else speed.Sizes()
     builder = speed.BatchBuilder(sizes)
     inputs, _ = builder(speed.make_pairs(sizes.batch, sizes), seed=1)
@@ -125,7 +125,7 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
         "",
         command_line("benchmarks.bench_allocator", argv),
         "",
-        machine_line(),
+        machine_line(allocator="per row, each in a process of its own"),
         "",
         "Written by `benchmarks/bench_allocator.py` (do not edit by hand). The like-for-like training step of "
         f"`benchmarks/speed.py` ({report['precision']}, MLM on the same masked tokens + ITM, clip 1.0, fused AdamW, "
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from benchmarks.timing import one_thread
 
-    one_thread()  # what the children run with, so that the page's machine line says so
+    one_thread(allocator="system")  # the children's thread count, so that the page's machine line says so
     report = measure(rounds=args.rounds, steps=args.steps, precision=args.precision, tiny=args.tiny,
                      log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
     write_outputs(to_markdown(report, argv), report, args.out, args.json)

@@ -23,19 +23,28 @@ import torch
 MACHINE_DESCRIPTION = "2-core CPU VM, 24 GiB, no GPU"
 
 
-def one_thread() -> None:
-    """One intra-op thread (the measuring convention of every benchmark here)."""
+def one_thread(allocator: str = "tuned") -> None:
+    """The measuring convention of every benchmark here: one intra-op thread, and the CPU allocator setting the
+    trainer and `imagebert evaluate` use by default ("tuned"), so that a step is timed as users run it and without
+    the page-fault noise of glibc's defaults (benchmarks/results/allocator.md). Both models of a comparison share
+    the process, so the setting applies to both alike."""
+    from imagebert.runtime.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator(allocator)
     torch.set_num_threads(1)
 
 
-def machine_line() -> str:
-    """The `Machine:` line a results file must carry (the collector refuses a file without one)."""
+def machine_line(allocator: str | None = None) -> str:
+    """The `Machine:` line a results file must carry (the collector refuses a file without one); `allocator`
+    overrides the malloc setting it reports (for a page whose rows run in processes of their own)."""
+    from imagebert.runtime.allocator import allocator_in_effect
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     desc = MACHINE_DESCRIPTION if gpu == "no GPU" else f"{os.cpu_count()}-CPU machine, {gpu}"
     return (
         f"Machine: {desc} ({platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} intra-op thread(s), {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f})"
+        f"malloc {allocator or allocator_in_effect()}, load average {os.getloadavg()[0]:.1f})"
     )
 
 

@@ -58,3 +58,8 @@ def tune_cpu_allocator(setting: str = "tuned") -> bool:
     )
     _applied = ok
     return ok
+
+
+def allocator_in_effect() -> str:
+    """ "tuned" once `tune_cpu_allocator` has raised this process's thresholds, else "system" (for reports)."""
+    return "tuned" if _applied else "system"
