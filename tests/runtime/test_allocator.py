@@ -68,3 +68,39 @@ def test_trainer_config_validates_the_setting():
     TrainerConfig(steps=1, cpu_allocator="system").validate()
     with pytest.raises(ConfigError, match="training.cpu_allocator"):
         TrainerConfig(steps=1, cpu_allocator="fast").validate()
+
+
+@pytest.mark.parametrize(
+    ("argv", "module", "settings", "section"),
+    [
+        (["evaluate", "--checkpoint", "C", "--dataset", "d.yaml"], "retrieval", "EvaluateSettings", None),
+        (
+            ["index", "build", "C", "--dataset", "d.yaml", "--out", "I"],
+            "serve",
+            "IndexBuildSettings",
+            "embed",
+        ),
+        (
+            ["index", "add", "I", "--checkpoint", "C", "--dataset", "d.yaml"],
+            "serve",
+            "IndexAddSettings",
+            "embed",
+        ),
+        (["serve", "I", "--checkpoint", "C"], "serve", "ServeSettings", None),
+    ],
+)
+def test_every_command_that_runs_the_model_takes_the_setting(argv, module, settings, section, capsys):
+    """Default tuned, `--cpu-allocator system` taken, anything else refused by the parser (exit 2, flag named)."""
+    import importlib
+
+    from imagebert.cli import build_parser
+    from imagebert.config_utils import load_command_config
+
+    cls = getattr(importlib.import_module(f"imagebert.{module}.cli"), settings)
+    parser = build_parser()
+    for extra, want in (([], "tuned"), (["--cpu-allocator", "system"], "system")):
+        s = load_command_config(cls, parser.parse_args([*argv, *extra]))
+        assert (getattr(s, section) if section else s).cpu_allocator == want
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([*argv, "--cpu-allocator", "jemalloc"])
+    assert exc.value.code == 2 and "--cpu-allocator" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from imagebert.config_utils import (
     defer_config_arguments,
     meta,
 )
+from imagebert.runtime.allocator import cpu_allocator_field
 from imagebert.runtime.threads import threads_field
 
 # Changing these between a checkpoint and its resumption changes the data order or the negatives.
@@ -65,9 +66,7 @@ class EvaluateSettings:
     attention: Literal["auto", "sdpa", "eager"] = field(default="sdpa", metadata=meta(
         "the encoder's attention kernel (auto: eager on a CPU in bf16, where it was measured faster; sdpa "
         "elsewhere), see imagebert.runtime.attention"))  # fmt: skip
-    cpu_allocator: Literal["tuned", "system"] = field(default="tuned", metadata=meta(
-        "tuned: raise glibc's malloc thresholds so scoring reuses freed buffers instead of page-faulting them "
-        "back (imagebert.runtime.allocator); system: leave malloc alone"))  # fmt: skip
+    cpu_allocator: Literal["tuned", "system"] = cpu_allocator_field()
     threads: str = threads_field()
 
     def validate(self) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import sys
+from typing import Any
 
 ALLOCATOR_SETTINGS = ("tuned", "system")
 
@@ -63,3 +65,16 @@ def tune_cpu_allocator(setting: str = "tuned") -> bool:
 def allocator_in_effect() -> str:
     """ "tuned" once `tune_cpu_allocator` has raised this process's thresholds, else "system" (for reports)."""
     return "tuned" if _applied else "system"
+
+
+CPU_ALLOCATOR_HELP = (
+    "tuned: raise glibc's malloc thresholds so repeated passes reuse freed buffers instead of page-faulting them "
+    "back (imagebert.runtime.allocator); system: leave malloc alone"
+)
+
+
+def cpu_allocator_field(default: str = "tuned") -> Any:
+    """The `cpu_allocator` setting of the commands that run the model (flag `--cpu-allocator tuned|system`)."""
+    from imagebert.config_utils import meta
+
+    return dataclasses.field(default=default, metadata=meta(CPU_ALLOCATOR_HELP))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from imagebert.config_utils import ConfigError, add_config_arguments, add_config_file_arguments, meta
+from imagebert.runtime.allocator import cpu_allocator_field, tune_cpu_allocator
 from imagebert.runtime.threads import threads_field
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -41,6 +42,7 @@ class EmbedSettings:
         "precision of the embedding passes (fp32: what evaluate's fast mode uses with --precision fp32)"))  # fmt: skip
     batch_size: int = 128
     thumb_size: int = field(default=256, metadata=meta("longest side of the stored thumbnails"))
+    cpu_allocator: Literal["tuned", "system"] = cpu_allocator_field()
 
 
 @dataclass
@@ -92,6 +94,7 @@ class ServeSettings:
     max_upload_mb: float = 10.0
     max_pixels: int | None = field(default=None, metadata=meta("reject larger uploads (decompression bombs)"))
     uploads: bool = field(default=True, metadata=meta("accept uploaded images (--no-uploads refuses them)"))
+    cpu_allocator: Literal["tuned", "system"] = cpu_allocator_field()
     threads: str = threads_field()
 
     def validate(self) -> None:
@@ -153,6 +156,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     s = load_command_config(IndexBuildSettings, args)
     src, emb = s.source, s.embed
+    tune_cpu_allocator(emb.cpu_allocator)
     apply_threads(s.threads)
     # data and path errors (InputError, ConfigError, FileNotFoundError, ...) go to imagebert.cli.main as they are
     summary = build_index(s.checkpoint, s.out, dataset=src.dataset, split=src.split, features=src.features,
@@ -169,6 +173,7 @@ def run_add(args: argparse.Namespace) -> int:
 
     s = load_command_config(IndexAddSettings, args)
     src, emb = s.source, s.embed
+    tune_cpu_allocator(emb.cpu_allocator)
     apply_threads(s.threads)
     summary = add_to_index(s.index, s.checkpoint, dataset=src.dataset, split=src.split, features=src.features,
                            captions=src.captions, images=src.images, device=emb.device, precision=emb.precision,
@@ -198,6 +203,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {s.device}: CUDA is not available in this torch build")
+    tune_cpu_allocator(s.cpu_allocator)  # a server scores batch after batch: keep their buffers mapped
     apply_threads(s.threads)
     app, searcher = load_service(s.index, s.checkpoint, device=s.device, precision=s.precision, backend=s.backend,
                                  batch_size=s.batch_size, max_batch_pairs=s.max_batch_pairs,
