@@ -88,7 +88,7 @@ def scoring_lever(sizes: speed.Sizes, pairs: int, batch: int, min_reps: int, max
     base = eager.score_pairs(cap, img)
     series = run_interleaved({"eager": lambda: eager.score_pairs(cap, img),
                               "compiled": lambda: compiled.score_pairs(cap, img)},
-                             warmup=0, min_reps=min_reps, max_reps=max_reps,
+                             warmup=1, min_reps=min_reps, max_reps=max_reps,
                              log=lambda m: print(f"[levers] scoring {m}", file=sys.stderr, flush=True))  # fmt: skip
     ratio = paired_ratio(series["eager"], series["compiled"])
     saved_per_pair = (series["eager"].cpu_s - series["compiled"].cpu_s) / len(cap)
@@ -136,7 +136,7 @@ def training_lever(
     compiled_step()
     first_cpu, first_wall = time.process_time() - c0, time.perf_counter() - w0
     eager_step()
-    series = run_interleaved({"eager": eager_step, "compiled": compiled_step}, warmup=0, min_reps=min_reps,
+    series = run_interleaved({"eager": eager_step, "compiled": compiled_step}, warmup=2, min_reps=min_reps,
                              max_reps=max_reps,
                              log=lambda m: print(f"[levers] training {m}", file=sys.stderr, flush=True))  # fmt: skip
     saved = series["eager"].cpu_s - series["compiled"].cpu_s

@@ -458,7 +458,7 @@ def utilisation(flops: int, seconds: float, rates: dict[str, Any]) -> dict[str, 
 
 
 # --------------------------------------------------------------------------------------------- training run
-def training_comparison(sizes: Sizes, precisions: list[str], *, warmup: int = 1, min_reps: int = 3,
+def training_comparison(sizes: Sizes, precisions: list[str], *, warmup: int = 3, min_reps: int = 3,
                         max_reps: int = 8, target_spread: float = 0.05) -> dict[str, Any]:  # fmt: skip
     """Ours vs VisualBERT on the same work, per precision, interleaved, with the matmul rates of the step."""
     builder = BatchBuilder(sizes)
@@ -541,7 +541,7 @@ SCORER_SETTINGS = {
 
 
 def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128, settings: dict | None = None,
-                       variable_regions: bool = False, warmup: int = 1, min_reps: int = 3, max_reps: int = 6,
+                       variable_regions: bool = False, warmup: int = 3, min_reps: int = 3, max_reps: int = 6,
                        target_spread: float = 0.05) -> dict[str, Any]:  # fmt: skip
     """Pairs/s through the scorer `imagebert evaluate` runs (`ModelPairScorer.score_pairs`), interleaved."""
     from imagebert.data.collate import PairCollator
@@ -680,7 +680,7 @@ ALL_PARTS = ("training", "scoring", "bucketing", "store")
 
 # --------------------------------------------------------------------------------------------- report
 def run_all(sizes: Sizes, *, precisions: list[str] | None = None, min_reps: int = 3, max_reps: int = 8,
-            warmup: int = 1, score_pairs: int = 128, store_records: int = 100, parts: tuple[str, ...] = ALL_PARTS,
+            warmup: int = 3, score_pairs: int = 128, store_records: int = 100, parts: tuple[str, ...] = ALL_PARTS,
             target_spread: float = 0.05) -> dict[str, Any]:  # fmt: skip
     """Every part of the benchmark; one intra-op thread throughout."""
     from benchmarks.timing import machine_line, one_thread
@@ -692,6 +692,7 @@ def run_all(sizes: Sizes, *, precisions: list[str] | None = None, min_reps: int 
         "sizes": asdict(sizes),
         "machine": machine_line(),
         "load_start": os.getloadavg(),
+        "warmup_rounds": warmup,
     }
     if "training" in parts:
         report["training"] = training_comparison(sizes, precisions, warmup=warmup, min_reps=min_reps,
@@ -727,7 +728,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Sizes: {s['layers']} layers, hidden {s['hidden']}, FFN {s['intermediate']}, vocab {s['vocab']}, "
         f"{s['regions']} regions x {s['feature_dim']}-d, {s['words']}-word captions, batch {s['batch']}. "
         f"Load average (1 min) at start {report['load_start'][0]:.2f}, at end {report['load_end'][0]:.2f}. "
-        f"Whole run {report['wall_s']:.0f} s. Times are medians of the repetitions; spread = (max - min) / median "
+        f"Whole run {report['wall_s']:.0f} s. {report.get('warmup_rounds', 1)} untimed warm-up round(s) per table. "
+        "Times are medians of the repetitions; spread = (max - min) / median "
         "over the repetitions; ratios are per round (same load on both sides), median and spread.",
     ]
     tr = report.get("training")
@@ -831,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--min-reps", type=int, default=3)
     ap.add_argument("--max-reps", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first (the heap settles)")
     ap.add_argument("--target-spread", type=float, default=0.05)
     ap.add_argument("--score-pairs", type=int, default=128, help="pairs per scoring repetition")
     ap.add_argument("--parts", default=",".join(ALL_PARTS), help=f"comma-separated subset of {ALL_PARTS}")

@@ -114,11 +114,16 @@ def run_interleaved(
     target_spread: float = 0.05,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Series]:
-    """Warm every setting up, then time them round-robin until every CPU-time spread is under `target_spread`
-    (after at least `min_reps` rounds) or `max_reps` rounds are done. A step may return a dict of facts about its
-    work (kept from its last repetition)."""
-    for fn in settings.values():
-        for _ in range(warmup):
+    """Warm every setting up in `warmup` untimed rounds (in the timed rounds' order), then time them round-robin
+    until every CPU-time spread is under `target_spread` (after at least `min_reps` rounds) or `max_reps` rounds
+    are done. A step may return a dict of facts about its work (kept from its last repetition).
+
+    Why several warm-up rounds: a fresh model's first training steps grow the heap (optimizer state, gradients)
+    and page-fault it in; on the dev VM our BERT-base step's second and third steps still spent 1.3 and 0.1 s of
+    system time on that, against about 0 from the fourth on, and one such step alone put a 37-100% spread on
+    its row."""
+    for _ in range(warmup):
+        for fn in settings.values():
             fn()
     series = {name: Series(name) for name in settings}
     for rnd in range(max_reps):
