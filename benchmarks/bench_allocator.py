@@ -1,9 +1,10 @@
-"""The CPU allocator lever (`training.cpu_allocator`): system malloc against the tuned thresholds, on the
-like-for-like training step of benchmarks/speed.py (ours and VisualBERT, MLM on the same masked tokens + ITM).
+"""The CPU allocator lever (`training.cpu_allocator`, `--cpu-allocator`): system malloc against the tuned
+thresholds, on the like-for-like training step of benchmarks/speed.py (ours and VisualBERT, MLM on the same masked
+tokens + ITM) and on scoring through the scorer `imagebert evaluate` runs (128 pairs, bf16 autocast).
 
 mallopt is process-wide and cannot be undone, so each setting runs in its own child process; children alternate
 (system, tuned, system, tuned, ...) so that a slow stretch of the shared machine hits both. Each child builds both
-models, warms each up with two steps, then times `--steps` interleaved steps of each, recording user and system
+models and the scorer, warms each up with three steps, then times `--steps` interleaved steps of each, recording user and system
 CPU time (os.times) and wall time per step, and its peak RSS.
 
     .venv/bin/python -m benchmarks.bench_allocator --rounds 3 --steps 3 --out benchmarks/results/allocator.md
@@ -25,7 +26,11 @@ from typing import Any
 from benchmarks.timing import command_line, fmt_spread, machine_line, spread, write_outputs
 
 SETTINGS = ("system", "tuned")
-STEPS = ("ours_masked", "visualbert_masked")
+STEPS = ("ours_masked", "visualbert_masked", "scoring")
+SCORING_PAIRS = (
+    128  # one `ModelPairScorer.score_pairs` call of 128 pairs, batch 128, bf16 autocast (evaluate's
+)
+# `--precision auto` on this AMX machine): the work of `imagebert evaluate`
 
 
 def child(setting: str, precision: str, steps: int, tiny: bool) -> dict[str, Any]:
@@ -41,8 +46,11 @@ def child(setting: str, precision: str, steps: int, tiny: bool) -> dict[str, Any
     builder = speed.BatchBuilder(sizes)
     inputs, _ = builder(speed.make_pairs(sizes.batch, sizes), seed=1)
     models = {"ours": speed.build_ours(sizes, mlm_itm_only=True), "visualbert": speed.build_peer(sizes)}
-    fns = speed.training_settings(sizes, inputs, precision, models)
-    for _ in range(2):  # two warm-up rounds: the heap reaches both models' peak before timing starts
+    fns: dict[str, Any] = dict(speed.training_settings(sizes, inputs, precision, models))
+    scorers, cap, img = speed.build_scorers(sizes, {"scoring": {"precision": "bf16"}},
+                                            pairs=8 if tiny else SCORING_PAIRS)  # fmt: skip
+    fns["scoring"] = lambda: scorers["scoring"].score_pairs(cap, img)
+    for _ in range(3):  # three warm-up rounds: the heap reaches every step's peak before timing starts
         for name in STEPS:
             fns[name]()
     out: dict[str, Any] = {"applied": applied, **{n: {"user": [], "sys": [], "wall": []} for n in STEPS}}
@@ -121,7 +129,7 @@ def measure(
 
 def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
     lines = [
-        "## CPU allocator: glibc malloc as it comes against `training.cpu_allocator: tuned`",
+        "## CPU allocator: glibc malloc as it comes against `training.cpu_allocator: tuned` / `--cpu-allocator tuned`",
         "",
         command_line("benchmarks.bench_allocator", argv),
         "",
@@ -129,9 +137,11 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
         "",
         "Written by `benchmarks/bench_allocator.py` (do not edit by hand). The like-for-like training step of "
         f"`benchmarks/speed.py` ({report['precision']}, MLM on the same masked tokens + ITM, clip 1.0, fused AdamW, "
-        f"BERT-base sizes{' (tiny sizes)' if report['tiny'] else ''}), one intra-op thread. Each setting runs in its "
+        f"BERT-base sizes{' (tiny sizes)' if report['tiny'] else ''}), and `scoring`: one `ModelPairScorer."
+        f"score_pairs` call of {SCORING_PAIRS} pairs (batch 128, bf16 autocast, fp32 score head; what `imagebert "
+        "evaluate` runs), one intra-op thread. Each setting runs in its "
         f"own child process (mallopt is process-wide), {report['rounds']} children per setting alternating, "
-        f"{report['steps_per_child']} timed steps of each model per child after two warm-up steps. Times are medians "
+        f"{report['steps_per_child']} timed steps of each row per child after three warm-up steps. Times are medians "
         "over all timed steps; spread = (max - min) / median; the speed-up is system / tuned CPU time per round "
         "(median of per-child medians).",
         "",

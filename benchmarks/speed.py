@@ -540,15 +540,14 @@ SCORER_SETTINGS = {
 }
 
 
-def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128, settings: dict | None = None,
-                       variable_regions: bool = False, warmup: int = 3, min_reps: int = 3, max_reps: int = 6,
-                       target_spread: float = 0.05) -> dict[str, Any]:  # fmt: skip
-    """Pairs/s through the scorer `imagebert evaluate` runs (`ModelPairScorer.score_pairs`), interleaved."""
+def build_scorers(sizes: Sizes, settings: dict[str, dict], *, pairs: int = 128, batch_size: int = 128,
+                  variable_regions: bool = False) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:  # fmt: skip
+    """One retrieval model and gallery, a `ModelPairScorer` per setting (its keyword arguments), and the pairs to
+    score: every caption against every image, cut to `pairs`."""
     from imagebert.data.collate import PairCollator
     from imagebert.modeling import load_tokenizer
     from imagebert.retrieval.scorers import ModelPairScorer
 
-    settings = settings or SCORER_SETTINGS
     per_image = 8
     gallery = scoring_gallery(
         sizes, max(1, -(-pairs // per_image)), per_image, variable_regions=variable_regions
@@ -556,11 +555,20 @@ def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128,
     collator = PairCollator(load_tokenizer(), max_text_tokens=43, max_regions=max(sizes.regions, 1),
                             feature_dim=sizes.feature_dim, truncate_regions=True)  # fmt: skip
     model = build_retrieval(sizes)
-    # every caption against every image, cut to `pairs`
     cap = np.repeat(np.arange(gallery.num_captions), gallery.num_images)[:pairs]
     img = np.tile(np.arange(gallery.num_images), gallery.num_captions)[:pairs]
     scorers = {name: ModelPairScorer(model, collator, gallery, batch_size=batch_size, **kw)
                for name, kw in settings.items()}  # fmt: skip
+    return scorers, cap, img
+
+
+def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128, settings: dict | None = None,
+                       variable_regions: bool = False, warmup: int = 3, min_reps: int = 3, max_reps: int = 6,
+                       target_spread: float = 0.05) -> dict[str, Any]:  # fmt: skip
+    """Pairs/s through the scorer `imagebert evaluate` runs (`ModelPairScorer.score_pairs`), interleaved."""
+    settings = settings or SCORER_SETTINGS
+    scorers, cap, img = build_scorers(sizes, settings, pairs=pairs, batch_size=batch_size,
+                                      variable_regions=variable_regions)  # fmt: skip
     scores: dict[str, np.ndarray] = {}
 
     def make(name: str) -> Callable[[], None]:
