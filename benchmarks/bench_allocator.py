@@ -5,7 +5,8 @@ tokens + ITM) and on scoring through the scorer `imagebert evaluate` runs (128 p
 mallopt is process-wide and cannot be undone, so each setting runs in its own child process; children alternate
 (system, tuned, system, tuned, ...) so that a slow stretch of the shared machine hits both. Each child builds both
 models and the scorer, warms each up with three steps, then times `--steps` interleaved steps of each, recording user and system
-CPU time (os.times) and wall time per step, and its peak RSS.
+CPU time (getrusage, microseconds: os.times counts 10 ms ticks, which read 0 for a tiny step) and wall time per
+step, and its peak RSS.
 
     .venv/bin/python -m benchmarks.bench_allocator --rounds 3 --steps 3 --out benchmarks/results/allocator.md
 """
@@ -56,12 +57,12 @@ def child(setting: str, precision: str, steps: int, tiny: bool) -> dict[str, Any
     out: dict[str, Any] = {"applied": applied, **{n: {"user": [], "sys": [], "wall": []} for n in STEPS}}
     for _ in range(steps):
         for name in STEPS:
-            t0, w0 = os.times(), time.perf_counter()
+            t0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             fns[name]()
-            t1 = os.times()
+            t1 = resource.getrusage(resource.RUSAGE_SELF)
             rec = out[name]
-            rec["user"].append(t1.user - t0.user)
-            rec["sys"].append(t1.system - t0.system)
+            rec["user"].append(t1.ru_utime - t0.ru_utime)
+            rec["sys"].append(t1.ru_stime - t0.ru_stime)
             rec["wall"].append(time.perf_counter() - w0)
     out["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out

@@ -13,7 +13,7 @@ def test_allocator_benchmark_times_both_settings_in_children():
     assert {r["setting"] for r in report["rows"].values()} == {"system", "tuned"}
     assert {r["step"] for r in report["rows"].values()} == {"ours_masked", "visualbert_masked", "scoring"}
     for row in report["rows"].values():
-        assert row["steps"] == 2 and row["wall_s"] > 0 and row["max_rss_mib"] > 0
+        assert row["steps"] == 2 and row["wall_s"] > 0 and row["cpu_s"] > 0 and row["max_rss_mib"] > 0
         assert row["applied"] == (row["setting"] == "tuned")
     page = bench_allocator.to_markdown(report, ["--tiny"])
     check_results_text("allocator.md", page)
