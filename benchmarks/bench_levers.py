@@ -223,17 +223,21 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
         "Written by `benchmarks/bench_levers.py` (do not edit by hand). One intra-op thread; eager and compiled "
         "interleaved; CPU = process CPU time; speed-ups per round, median (spread).",
         "",
-        f"Sizes: {s['layers']} layers, hidden {s['hidden']}, {s['regions']} regions max x {s['feature_dim']}-d, "
+        f"Sizes: {s['layers']} layers, hidden {s['hidden']}, {s['heads']} heads, FFN {s['intermediate']}, "
+        f"{s['regions']} regions max x {s['feature_dim']}-d, "
         f"captions up to {s['words']} words, training batch {s['batch']}. Compile times: "
         f"{report.get('inductor_cache', 'inductor cache state not recorded')}.",
         "",
-        "### torch.compile against eager",
-        "",
-        "| lever | eager CPU s | spread | compiled CPU s | spread | speed-up CPU | speed-up wall | "
-        "first call (compile) CPU s | break-even |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
     sc = report.get("scoring")
+    if sc or report.get("training"):  # `--parts peer` alone has no compile table
+        lines += [
+            "### torch.compile against eager",
+            "",
+            "| lever | eager CPU s | spread | compiled CPU s | spread | speed-up CPU | speed-up wall | "
+            "first call (compile) CPU s | break-even |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
     if sc:
         e, c = sc["eager"], sc["compiled"]
         lines.append(
@@ -265,7 +269,7 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
             "The like-for-like step of `benchmarks/speed.py` (MLM on the same masked tokens of matched pairs, ITM, "
             "clip 1.0, fused AdamW, the batch above), every row in the same interleaved rounds. Ratios are "
             "VisualBERT's time over the row's, per round, median (spread); compile time is spent before the "
-            "rounds and not counted (the table above gives it).",
+            "rounds and not counted (the compile table gives it where `--parts` includes scoring or training).",
             "",
             "| step | reps | CPU s | spread | wall s | spread | vs VisualBERT (CPU) | vs VisualBERT (wall) | vs our defaults (CPU) |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -290,6 +294,21 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def override_sizes(sizes: speed.Sizes, items: list[str]) -> speed.Sizes:
+    """Apply `FIELD=N` overrides to `sizes`; an unknown field or a value that is not a positive integer is an
+    error naming it (a typo must not silently benchmark the default size)."""
+    fields = {f.name for f in dataclasses.fields(sizes)}
+    changes: dict[str, int] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            raise SystemExit(f"--size {item}: unknown field {name!r} (one of {', '.join(sorted(fields))})")
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"--size {item}: {name} takes a positive integer, got {value!r}")
+        changes[name] = int(value)
+    return dataclasses.replace(sizes, **changes)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -305,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--training-modes", default="layers,whole", help=f"of {', '.join(TRAINING_COMPILE_MODES)}"
     )
+    ap.add_argument(
+        "--size", action="append", default=[], metavar="FIELD=N",
+        help="override any benchmarks.speed.Sizes field, e.g. the demo model: --size layers=6 --size hidden=384 "
+        "--size intermediate=1536 --size feature_dim=1280 --size regions=8 --size words=12 --size batch=32",
+    )  # fmt: skip
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -312,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = speed.tiny_sizes(batch=4) if args.quick else speed.Sizes()
     if args.layers:
         sizes = dataclasses.replace(sizes, layers=args.layers)
+    sizes = override_sizes(sizes, args.size)
     report: dict[str, Any] = {"sizes": dataclasses.asdict(sizes), "inductor_cache": _inductor_cache_state()}
     parts = args.parts.split(",")
     if "scoring" in parts:

@@ -17,6 +17,7 @@ from pathlib import Path
 ORDER = [
     "speed",
     "levers",
+    "levers_demo_size",
     "allocator",
     "resident_weights",
     "fast_mode",

@@ -136,3 +136,14 @@ def test_peer_lever_times_every_training_setting_on_the_same_work():
     for label in ("`training.weights: bf16` + `training.compile: on`", "`training.attention: eager`",
                   "VisualBERT (HF)"):  # fmt: skip
         assert label in page
+
+
+def test_size_overrides_change_the_named_fields_and_refuse_typos():
+    from benchmarks import bench_levers, speed
+
+    sizes = bench_levers.override_sizes(speed.Sizes(), ["hidden=384", "layers=6"])
+    assert (sizes.hidden, sizes.layers, sizes.heads) == (384, 6, speed.Sizes().heads)
+    with pytest.raises(SystemExit, match="unknown field 'hiden'"):
+        bench_levers.override_sizes(speed.Sizes(), ["hiden=384"])
+    with pytest.raises(SystemExit, match="positive integer"):
+        bench_levers.override_sizes(speed.Sizes(), ["batch=0"])
