@@ -211,10 +211,21 @@ def peer_lever(sizes: speed.Sizes, precision: str, min_reps: int, max_reps: int)
     }
 
 
+TITLE = "Levers: torch.compile, bf16-resident weights and the attention kernel for scoring and training"
+
+
+def title(sizes: dict[str, int]) -> str:
+    """The page title; a run at other than the default (BERT-base) sizes names the sizes it changed, so two
+    levers pages never share a heading in BENCHMARKS.md."""
+    default = dataclasses.asdict(speed.Sizes())
+    changed = [f"{k} {v}" for k, v in sizes.items() if default.get(k) != v]
+    return TITLE + (f", at other sizes ({', '.join(changed)})" if changed else "")
+
+
 def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
     s = report["sizes"]
     lines = [
-        "# Levers: torch.compile, bf16-resident weights and the attention kernel for scoring and training",
+        "# " + title(s),
         "",
         command_line("benchmarks.bench_levers", argv),
         "",
@@ -313,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--layers", type=int, default=None, help="override the encoder depth (default 12)")
-    ap.add_argument("--pairs", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--pairs", type=int, default=128, help="scoring: pairs per timed call")
+    ap.add_argument(
+        "--batch", type=int, default=32, help="scoring: pairs per forward (training: --size batch=N)"
+    )
     ap.add_argument("--min-reps", type=int, default=3)
     ap.add_argument("--max-reps", type=int, default=6)
     ap.add_argument("--parts", default="scoring,training,peer")
@@ -334,8 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     one_thread()
     sizes = speed.tiny_sizes(batch=4) if args.quick else speed.Sizes()
-    if args.layers:
-        sizes = dataclasses.replace(sizes, layers=args.layers)
     sizes = override_sizes(sizes, args.size)
     report: dict[str, Any] = {"sizes": dataclasses.asdict(sizes), "inductor_cache": _inductor_cache_state()}
     parts = args.parts.split(",")

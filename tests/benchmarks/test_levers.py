@@ -147,3 +147,14 @@ def test_size_overrides_change_the_named_fields_and_refuse_typos():
         bench_levers.override_sizes(speed.Sizes(), ["hiden=384"])
     with pytest.raises(SystemExit, match="positive integer"):
         bench_levers.override_sizes(speed.Sizes(), ["batch=0"])
+
+
+def test_a_run_at_other_sizes_gets_its_own_title():
+    import dataclasses
+
+    from benchmarks import bench_levers, speed
+
+    default = bench_levers.title(dataclasses.asdict(speed.Sizes()))
+    demo = bench_levers.title(dataclasses.asdict(bench_levers.override_sizes(speed.Sizes(), ["hidden=384"])))
+    assert default == bench_levers.TITLE
+    assert demo != default and demo.endswith("(hidden 384)")
