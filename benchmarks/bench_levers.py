@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from benchmarks.timing import (
     one_thread,
     paired_ratio,
     run_interleaved,
+    timed,
     write_outputs,
 )
 from imagebert.runtime.attention import set_attention
@@ -81,9 +81,8 @@ def scoring_lever(sizes: speed.Sizes, pairs: int, batch: int, min_reps: int, max
     eager = ModelPairScorer(model, collator, gallery, precision="bf16", batch_size=batch)
     compiled = ModelPairScorer(model, collator, gallery, precision="bf16", batch_size=batch, compile="on")
     torch._dynamo.reset()
-    c0, w0 = time.process_time(), time.perf_counter()
-    ref = compiled.score_pairs(cap, img)  # compiles every bucket it meets
-    first_cpu, first_wall = time.process_time() - c0, time.perf_counter() - w0
+    # the first call compiles every shape bucket it meets
+    first_cpu, first_wall, ref = timed(lambda: compiled.score_pairs(cap, img))
     graphs_after_first = _graphs()
     base = eager.score_pairs(cap, img)
     series = run_interleaved({"eager": lambda: eager.score_pairs(cap, img),
@@ -132,9 +131,7 @@ def training_lever(
         speed._train_step(comp_model, opt_c, lambda: compiled(**inputs).loss, precision)
 
     torch._dynamo.reset()
-    c0, w0 = time.process_time(), time.perf_counter()
-    compiled_step()
-    first_cpu, first_wall = time.process_time() - c0, time.perf_counter() - w0
+    first_cpu, first_wall, _ = timed(compiled_step)
     eager_step()
     series = run_interleaved({"eager": eager_step, "compiled": compiled_step}, warmup=2, min_reps=min_reps,
                              max_reps=max_reps,
