@@ -59,3 +59,24 @@ def test_chance_recall_matches_hand_computation():
     for j in range(5):
         miss *= (495 - j) / (500 - j)
     assert chance["tr_r5"] == pytest.approx(100 * (1 - miss))
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precisions_follow_the_cpu_and_explicit_ones_stay(monkeypatch, tmp_path, native):
+    """On an AVX2-only CPU bf16 is emulated (the demo step ran 15x slower), so the demo's "auto" trains,
+    evaluates and extracts in fp32 there; a precision the user names is kept either way."""
+    from imagebert.demo.pipeline import demo_pretrain_config, resolve_machine_settings
+    from imagebert.runtime import precision
+
+    monkeypatch.setattr(precision, "cpu_runs_bf16_natively", lambda: native)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    chosen, note = resolve_machine_settings(DemoSettings())
+    want = "bf16" if native else "fp32"
+    assert (chosen.train_precision, chosen.eval_precision, chosen.extract_bf16) == (want, want, native)
+    assert ("emulated" in note) != native and f"training {want}" in note
+    pinned = DemoSettings(train_precision="bf16", eval_precision="fp32", extract_bf16=False)
+    assert resolve_machine_settings(pinned) == (pinned, "precisions as set")
+    dataset_yaml = tmp_path / "dataset.yaml"
+    dataset_yaml.write_text("feature_store: x\ncaptions: []\n")
+    cfg = demo_pretrain_config(dataset_yaml, DemoSettings(), None)
+    assert cfg.training.precision == want  # the trainer only ever sees an explicit name

@@ -22,6 +22,32 @@ def test_precision_names():
     assert scorers.resolve_precision is resolve_precision and scorers.autocast is autocast
 
 
+def test_bf16_kernel_detection_matches_the_cpu_capability():
+    """oneDNN has bf16 kernels from AVX-512 up; an AVX2-only CPU (AMD Zen 3, say) emulates bf16."""
+    from imagebert.runtime.precision import cpu_runs_bf16_natively
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("DEFAULT", "AVX2"):
+        assert not cpu_runs_bf16_natively()
+    elif capability.startswith("AVX512"):
+        assert cpu_runs_bf16_natively()
+    assert resolve_precision("auto", "cpu") == (torch.bfloat16 if cpu_runs_bf16_natively() else None)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_that_emulates_it_warns_and_still_runs(monkeypatch, recwarn, native):
+    from imagebert.runtime import precision
+
+    monkeypatch.setattr(precision, "cpu_runs_bf16_natively", lambda: native)
+    assert precision.resolve_precision("bf16", "cpu") is torch.bfloat16  # still what was asked for
+    assert precision.resolve_precision("auto", "cpu") is (torch.bfloat16 if native else None)
+    emulated = [w for w in recwarn if "emulates it" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+    if emulated:
+        assert emulated[0].category is RuntimeWarning and "choose fp32" in str(emulated[0].message)
+        assert emulated[0].filename == __file__  # points at the line that asked for bf16
+
+
 def test_autocast_contexts():
     x = torch.ones(2, 2)
     with autocast("cpu", torch.bfloat16):

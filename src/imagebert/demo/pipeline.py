@@ -9,6 +9,7 @@ Every step writes into `out_dir` and is skipped when its output is already there
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -42,10 +43,13 @@ class DemoSettings:
     pretrain_batch: int = 32
     finetune_steps: int = 150
     finetune_batch: int = 16
-    eval_precision: str = "bf16"
-    train_precision: str = "bf16"
+    # "auto" (the demo's own rule, resolved before the first step and written in the report): bf16 where the
+    # machine has bf16 kernels (CUDA, or a CPU with AVX-512 / AMX), fp32 on an AVX2-only CPU, where torch
+    # emulates bf16 and the demo's step ran 15x slower than in fp32. Name a precision to pin it.
+    eval_precision: str = "auto"
+    train_precision: str = "auto"
     examples: int = 3
-    extract_bf16: bool = True  # about 2x faster on AVX512-BF16 CPUs
+    extract_bf16: bool | None = None  # None: bf16 where the CPU has bf16 kernels (about 2x faster there)
     fast_ks: tuple[int, ...] = (8, 16, 32)  # fast mode on the fine-tuned checkpoint, beside exhaustive
     # The second corpus: the same scenes as detector-like 2048-d features (LXMERT TSV -> `features import`),
     # trained with the same recipe; 0 steps skips it.
@@ -67,7 +71,7 @@ class DemoSettings:
         if getattr(self, "extract_size", 32) % 32:
             raise ConfigError(f"extract_size must be a multiple of 32, got {self.extract_size}")
         for key, allowed in (("eval_precision", ("auto", "fp32", "bf16", "fp16")),
-                             ("train_precision", ("fp32", "bf16", "fp16"))):  # fmt: skip
+                             ("train_precision", ("auto", "fp32", "bf16", "fp16"))):  # fmt: skip
             value = getattr(self, key, None)
             if value is not None and value not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
@@ -105,7 +109,8 @@ def run_demo(
     """Run every step; returns the path of report.md."""
     from imagebert.demo.corpus import build_demo_corpus
 
-    s = settings or DemoSettings()
+    s, precision_note = resolve_machine_settings(settings or DemoSettings())
+    log(f"[demo] {precision_note}")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -146,9 +151,37 @@ def run_demo(
             det_tuned = _evaluate(det_tuned_ckpt, det_yaml, det / "eval_finetuned", s, "fine-tuned")
         detector = {"zero": det_zero, "tuned": det_tuned, "dir": det}
     with step("report"):
-        report = _write_report(out, corpus, dataset_yaml, zero, tuned, s, timings, detector)
+        report = _write_report(out, corpus, dataset_yaml, zero, tuned, s, timings, detector, precision_note)
     log(f"[demo] report: {report}")
     return report
+
+
+def resolve_machine_settings(s: DemoSettings) -> tuple[DemoSettings, str]:
+    """The settings with every "auto" precision replaced by what this machine runs well, and a sentence saying
+    what was chosen and why. The trainer and the report then see explicit names only."""
+    from imagebert.runtime.distributed import resolve_device
+    from imagebert.runtime.precision import cpu_runs_bf16_natively
+
+    device = resolve_device("auto")
+    native = device.type == "cuda" or cpu_runs_bf16_natively()
+    auto = "bf16" if native else "fp32"
+    chosen = dataclasses.replace(
+        s,
+        train_precision=auto if s.train_precision == "auto" else s.train_precision,
+        eval_precision=auto if s.eval_precision == "auto" else s.eval_precision,
+        extract_bf16=native if s.extract_bf16 is None else s.extract_bf16,
+    )
+    if chosen == s:
+        return chosen, "precisions as set"
+    why = (
+        "this machine has bf16 kernels"
+        if native
+        else "this CPU has no bf16 kernels, so bf16 would be emulated"
+    )
+    return chosen, (
+        f"precision auto -> training {chosen.train_precision}, evaluation {chosen.eval_precision}, extraction "
+        f"{'bf16' if chosen.extract_bf16 else 'fp32'} ({why})"
+    )
 
 
 class _Timer:
@@ -238,7 +271,7 @@ def demo_pretrain_config(
     stage.datasets = [_absolute(dataset_yaml)]
     stage.steps = steps or s.pretrain_steps
     cfg.training.batch_size = s.pretrain_batch
-    cfg.training.precision = s.train_precision  # type: ignore[assignment]  # checked by validate
+    cfg.training.precision = resolve_machine_settings(s)[0].train_precision  # type: ignore[assignment]
     cfg.training.progress_bar = True
     if bert_path is not None:
         cfg.init_from_bert = _absolute(bert_path)
@@ -289,7 +322,7 @@ def demo_finetune_config(
     cfg.init_checkpoint = str(Path(pretrained).expanduser().absolute())
     cfg.training.steps = steps or s.finetune_steps
     cfg.training.batch_size = s.finetune_batch
-    cfg.training.precision = s.train_precision  # type: ignore[assignment]  # checked by validate
+    cfg.training.precision = resolve_machine_settings(s)[0].train_precision  # type: ignore[assignment]
     cfg.validate()
     return cfg
 
@@ -350,6 +383,7 @@ def _write_report(
     s: DemoSettings,
     timings: dict[str, float],
     detector: dict[str, Any] | None = None,
+    precision_note: str = "",
 ) -> Path:
     import matplotlib
 
@@ -439,7 +473,8 @@ def _write_report(
         "over the true boxes (1280-d), via `imagebert extract --boxes`.",
         f"- Model: the shipped MiniLM-L6-H384 text encoder (6 layers, hidden 384) + region projections and heads; "
         f"pre-training {s.pretrain_steps} steps of batch {s.pretrain_batch}, fine-tuning {s.finetune_steps} steps "
-        f"of batch {s.finetune_batch} ({s.train_precision}); exhaustive evaluation in {s.eval_precision}.",
+        f"of batch {s.finetune_batch} ({s.train_precision}); exhaustive evaluation in {s.eval_precision}"
+        + (f"; {precision_note}." if precision_note else "."),
         "- Wall time per step on this machine: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
         + f" (total {sum(timings.values()) / 60:.1f} min).",

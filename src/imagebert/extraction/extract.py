@@ -35,6 +35,7 @@ from imagebert.extraction.images import (
     safe_join,
 )
 from imagebert.extraction.roi_align import roi_align_mean
+from imagebert.runtime.precision import warn_if_bf16_emulated
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -362,6 +363,8 @@ def extract(
     report = ExtractionReport(total=len(items) + len(rejects), feature_dim=int(net.feature_dim))
     boxes_for = _BoxSource(cfg.grid, detector)
     fill = tuple(net.pixel_mean)
+    if cfg.bf16:
+        warn_if_bf16_emulated(device)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     with pixel_limit(cfg.max_pixels), _open_writer(out, int(net.feature_dim), cfg.dtype) as writer:
         todo = [it for it in items if it.image_id not in writer]

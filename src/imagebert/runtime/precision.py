@@ -3,15 +3,28 @@
 Names: "fp32" (no autocast), "bf16", "fp16" and "auto" (bf16 where the hardware runs it, fp16 on GPUs without
 bf16, fp32 on CPUs without bf16 kernels). Training accepts only the explicit names (a run's numerics must not
 depend on the machine it lands on); scoring also accepts "auto", where only speed is at stake.
+
+bf16 asked for on a CPU without bf16 kernels (oneDNN needs AVX-512 or AMX; an AVX2-only CPU such as AMD Zen 3
+has neither) still runs, but torch emulates it: on an AVX2-only AMD EPYC a bf16 matmul measured 70x slower than
+fp32 and the demo-size training step 15x slower, so asking for bf16 there warns with the way out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "autocast_for", "resolve_precision"]
+__all__ = [
+    "PRECISIONS",
+    "autocast",
+    "autocast_for",
+    "cpu_runs_bf16_natively",
+    "resolve_precision",
+    "warn_if_bf16_emulated",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -22,6 +35,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     if precision == "fp32":
         return None
     if precision == "bf16":
+        warn_if_bf16_emulated(device)
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
@@ -30,11 +44,29 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
-        try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        except (AttributeError, RuntimeError):
-            return None
+        return torch.bfloat16 if cpu_runs_bf16_natively() else None
     return None
+
+
+@functools.cache
+def cpu_runs_bf16_natively() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 or AMX); on AVX2 alone bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def warn_if_bf16_emulated(device: torch.device | str) -> None:
+    """Warn (once per calling line) when bf16 is asked for on a CPU that would emulate it; it still runs."""
+    if torch.device(device).type == "cpu" and not cpu_runs_bf16_natively():
+        warnings.warn(
+            "bf16 on a CPU without bf16 kernels (AVX2 only, no AVX-512 / AMX): torch emulates it, many times "
+            "slower than fp32 (docs/performance.md, 'bf16 on CPUs without bf16 kernels'); choose fp32 for "
+            "training and extraction, fp32 or auto for scoring",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
