@@ -18,6 +18,7 @@ ORDER = [
     "speed",
     "levers",
     "levers_demo_size",
+    "bf16_cpu",
     "allocator",
     "resident_weights",
     "fast_mode",

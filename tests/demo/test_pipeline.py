@@ -63,7 +63,7 @@ def test_chance_recall_matches_hand_computation():
 
 @pytest.mark.parametrize("native", [False, True])
 def test_auto_precisions_follow_the_cpu_and_explicit_ones_stay(monkeypatch, tmp_path, native):
-    """On an AVX2-only CPU bf16 is emulated (the demo step ran 15x slower), so the demo's "auto" trains,
+    """On an AVX2-only CPU bf16 is emulated (many times slower than fp32), so the demo's "auto" trains,
     evaluates and extracts in fp32 there; a precision the user names is kept either way."""
     from imagebert.demo.pipeline import demo_pretrain_config, resolve_machine_settings
     from imagebert.runtime import precision

@@ -45,7 +45,7 @@ class DemoSettings:
     finetune_batch: int = 16
     # "auto" (the demo's own rule, resolved before the first step and written in the report): bf16 where the
     # machine has bf16 kernels (CUDA, or a CPU with AVX-512 / AMX), fp32 on an AVX2-only CPU, where torch
-    # emulates bf16 and the demo's step ran 15x slower than in fp32. Name a precision to pin it.
+    # emulates bf16 many times slower than fp32 (benchmarks/bench_bf16_cpu.py). Name a precision to pin it.
     eval_precision: str = "auto"
     train_precision: str = "auto"
     examples: int = 3

@@ -5,8 +5,8 @@ bf16, fp32 on CPUs without bf16 kernels). Training accepts only the explicit nam
 depend on the machine it lands on); scoring also accepts "auto", where only speed is at stake.
 
 bf16 asked for on a CPU without bf16 kernels (oneDNN needs AVX-512 or AMX; an AVX2-only CPU such as AMD Zen 3
-has neither) still runs, but torch emulates it: on an AVX2-only AMD EPYC a bf16 matmul measured 70x slower than
-fp32 and the demo-size training step 15x slower, so asking for bf16 there warns with the way out.
+has neither) still runs, but torch emulates it, many times slower than fp32 (`benchmarks/bench_bf16_cpu.py`
+measures it), so asking for bf16 there warns with the way out.
 """
 
 from __future__ import annotations
