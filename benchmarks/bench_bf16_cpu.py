@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import sys
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from benchmarks import speed
 from benchmarks.timing import (
     command_line,
+    cpu_model,
     fmt_spread,
     machine_line,
     one_thread,
@@ -35,21 +35,6 @@ from imagebert.runtime.precision import cpu_runs_bf16_natively
 # the demo model (MiniLM-L6-H384 text side, EfficientNet-Lite0 1280-d regions) at the demo's pre-training batch
 DEMO_SIZES = speed.Sizes(layers=6, hidden=384, heads=12, intermediate=1536, feature_dim=1280, regions=8, words=12,
                          batch=32)  # fmt: skip
-
-
-def cpu_model() -> str:
-    """The CPU's model name, family and model numbers from /proc/cpuinfo (what decides the bf16 kernels)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-                if not line.strip():
-                    break  # the first processor's block is enough
-    except OSError:
-        return platform.processor() or platform.machine()
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def matmul_row(rows: int, sizes: speed.Sizes, repeat: int, min_reps: int, max_reps: int) -> dict[str, Any]:
@@ -123,7 +108,7 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
         "",
         machine_line(),
         "",
-        f"CPU: {report['cpu']}, torch CPU capability {report['capability']}; {verdict}.",
+        f"This CPU ({report['cpu']}, torch capability {report['capability']}): {verdict}.",
         "",
         "Written by `benchmarks/bench_bf16_cpu.py` (do not edit by hand). One intra-op thread, fp32 and bf16 "
         "interleaved; CPU = process CPU time; the ratio is bf16's time over fp32's per round, median (spread), so "

@@ -34,15 +34,32 @@ def one_thread(allocator: str = "tuned") -> None:
     torch.set_num_threads(1)
 
 
+def cpu_model() -> str:
+    """The CPU's model name, family and model numbers from /proc/cpuinfo (what decides the bf16 kernels)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():
+                    break  # the first processor's block is enough
+    except OSError:
+        return platform.processor() or platform.machine()
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
 def machine_line(allocator: str | None = None) -> str:
     """The `Machine:` line a results file must carry (the collector refuses a file without one); `allocator`
-    overrides the malloc setting it reports (for a page whose rows run in processes of their own)."""
+    overrides the malloc setting it reports (for a page whose rows run in processes of their own). It names the
+    CPU: hosts change between sessions, and whether bf16 pays depends on the CPU (results/bf16_cpu.md)."""
     from imagebert.runtime.allocator import allocator_in_effect
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     desc = MACHINE_DESCRIPTION if gpu == "no GPU" else f"{os.cpu_count()}-CPU machine, {gpu}"
     return (
-        f"Machine: {desc} ({platform.machine()}, torch {torch.__version__}, "
+        f"Machine: {desc} ({cpu_model()}, {platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, "
+        f"torch {torch.__version__}, "
         f"{torch.get_num_threads()} intra-op thread(s), {os.cpu_count()} CPUs, "
         f"malloc {allocator or allocator_in_effect()}, load average {os.getloadavg()[0]:.1f})"
     )

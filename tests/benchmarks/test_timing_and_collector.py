@@ -65,3 +65,17 @@ def test_collector_refuses_a_results_file_without_its_lines(tmp_path, text, caps
 def test_the_repositorys_results_files_pass():
     root = collect_results.Path(collect_results.__file__).resolve().parent
     collect_results.collect(root)  # raises ResultsError on a hand-written file
+
+
+def test_machine_line_names_the_cpu_and_its_capability():
+    """Hosts change between sessions and bf16 pays only on some CPUs, so every page says which CPU ran it."""
+    from pathlib import Path
+
+    import torch
+    from benchmarks.timing import cpu_model, machine_line
+
+    line = machine_line()
+    assert line.startswith("Machine: ") and cpu_model() in line
+    assert torch.backends.cpu.get_cpu_capability() in line
+    if Path("/proc/cpuinfo").is_file():
+        assert "family" in cpu_model() and "?" not in cpu_model().split("(")[0]
