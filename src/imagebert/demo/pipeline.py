@@ -45,7 +45,8 @@ class DemoSettings:
     finetune_batch: int = 16
     # "auto" (the demo's own rule, resolved before the first step and written in the report): bf16 where the
     # machine has bf16 kernels (CUDA, or a CPU with AVX-512 / AMX), fp32 on an AVX2-only CPU, where torch
-    # emulates bf16 many times slower than fp32 (benchmarks/bench_bf16_cpu.py). Name a precision to pin it.
+    # emulates bf16 many times slower than fp32 (benchmarks/bench_bf16_cpu.py); the rule of
+    # `resolve_precision("auto")`, so fp16 on a GPU without bf16. Name a precision to pin it.
     eval_precision: str = "auto"
     train_precision: str = "auto"
     examples: int = 3
@@ -159,12 +160,14 @@ def run_demo(
 def resolve_machine_settings(s: DemoSettings) -> tuple[DemoSettings, str]:
     """The settings with every "auto" precision replaced by what this machine runs well, and a sentence saying
     what was chosen and why. The trainer and the report then see explicit names only."""
-    from imagebert.runtime.distributed import resolve_device
-    from imagebert.runtime.precision import cpu_runs_bf16_natively
+    import torch
 
-    device = resolve_device("auto")
-    native = device.type == "cuda" or cpu_runs_bf16_natively()
-    auto = "bf16" if native else "fp32"
+    from imagebert.runtime.distributed import resolve_device
+    from imagebert.runtime.precision import resolve_precision
+
+    dtype = resolve_precision("auto", resolve_device("auto"))  # the project's one "auto" rule
+    native = dtype is torch.bfloat16
+    auto = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     chosen = dataclasses.replace(
         s,
         train_precision=auto if s.train_precision == "auto" else s.train_precision,
@@ -173,11 +176,11 @@ def resolve_machine_settings(s: DemoSettings) -> tuple[DemoSettings, str]:
     )
     if chosen == s:
         return chosen, "precisions as set"
-    why = (
-        "this machine has bf16 kernels"
-        if native
-        else "this CPU has no bf16 kernels, so bf16 would be emulated"
-    )
+    why = {
+        "bf16": "this machine has bf16 kernels",
+        "fp16": "this GPU has no bf16",
+        "fp32": "this CPU has no bf16 kernels, so bf16 would be emulated",
+    }[auto]
     return chosen, (
         f"precision auto -> training {chosen.train_precision}, evaluation {chosen.eval_precision}, extraction "
         f"{'bf16' if chosen.extract_bf16 else 'fp32'} ({why})"
