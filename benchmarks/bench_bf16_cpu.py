@@ -108,7 +108,7 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
         "",
         machine_line(),
         "",
-        f"This CPU ({report['cpu']}, torch capability {report['capability']}): {verdict}.",
+        f"This CPU (named in the Machine line): {verdict}.",
         "",
         "Written by `benchmarks/bench_bf16_cpu.py` (do not edit by hand). One intra-op thread, fp32 and bf16 "
         "interleaved; CPU = process CPU time; the ratio is bf16's time over fp32's per round, median (spread), so "
