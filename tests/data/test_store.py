@@ -192,3 +192,26 @@ def test_dataloader_workers_read_each_record_once(tmp_path):
     assert sorted(seen) == sorted(expected) and len(seen) == 40
     assert len(pids) == 2 and os.getpid() not in pids
     assert torch.utils.data.get_worker_info() is None
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_num_boxes_reads_the_count_from_the_header(tmp_path, dtype):
+    """The count length bucketing reads is the one a full read returns, under every selection rule and for
+    records with and without class ids / confidences (the confidence column's offset depends on both)."""
+    records = [rec(f"c{i}", n=3 + 4 * i, seed=i) for i in range(4)] + [
+        rec(f"n{i}", n=5 + 3 * i, seed=10 + i, classes=False) for i in range(3)
+    ]
+    r = records[2]  # confidences without class ids
+    records.append(RegionRecord("conf_only", r.features, r.boxes, 640, 480, None, r.class_confidences, None))
+    with FeatureStoreWriter(tmp_path / "s", dtype=dtype) as w:
+        for r in records:
+            w.add(r)
+    selections = [None, BoxSelection(top_n=6), BoxSelection(min_confidence=0.4, min_boxes=2, max_boxes=7)]
+    for sel in selections:
+        store = FeatureStore(tmp_path / "s", box_selection=sel)
+        for r in records:
+            assert store.num_boxes(r.image_id) == store[r.image_id].num_boxes, (sel, r.image_id)
+    counts = {FeatureStore(tmp_path / "s", box_selection=selections[2]).num_boxes(r.image_id) for r in records}
+    assert len(counts) > 2  # the threshold rule really read confidences, not a constant
+    with pytest.raises(KeyError, match="nope.*feature store"):
+        FeatureStore(tmp_path / "s").num_boxes("nope")

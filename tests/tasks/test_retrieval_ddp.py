@@ -39,6 +39,7 @@ def test_itc_finetuning_on_two_gloo_processes(tmp_path, tiny_checkpoint):
 
     meta = json.loads((out / "final" / "meta.json").read_text())
     assert meta["world_size"] == 2
+    assert meta["length_bucketing"] is False  # fine-tuning gives the sampler no lengths: said, not pretended
     sums = meta["replica_checksums"]
     # a loss outside the DDP forward leaves its gradients unsynchronised: the replicas would differ here
     assert len(sums) == 2 and sums[0] == sums[1]

@@ -40,6 +40,27 @@ def test_length_bucketing_reduces_padding():
     assert items == list(range(2000))  # still every item once per epoch
 
 
+def test_bucketing_lengths_come_from_store_headers(tmp_path):
+    """PairPool.lengths on a real on-disk dataset: caption words + region count capped at max_regions, the count
+    read from each record's header (`FeatureStore.num_boxes`) and equal to what a full read returns."""
+    from imagebert.data import FeatureStoreWriter, RegionRecord
+    from imagebert.data.dataset import PairDataset, load_dataset_spec
+    from imagebert.training.pairs import PairPool
+    from tests.data.helpers import write_karpathy
+
+    counts = {"1": 3, "2": 9, "3": 6}
+    write_karpathy(tmp_path / "dataset_flickr30k.json", "flickr30k", [(f"{i}.jpg", "train", 2) for i in counts])
+    with FeatureStoreWriter(tmp_path / "feats") as w:
+        for image_id, n in counts.items():
+            boxes = np.tile(np.array([0, 0, 5, 5], np.float32), (n, 1))
+            w.add(RegionRecord(image_id, np.ones((n, 8), np.float32), boxes, 10, 10))
+    (tmp_path / "ds.yaml").write_text("feature_store: feats\ncaptions:\n  - path: dataset_flickr30k.json\n")
+    ds = PairDataset(load_dataset_spec(tmp_path / "ds.yaml"), split="train")
+    got = PairPool([ds]).lengths(max_regions=7)
+    want = [len(c.text.split()) + min(ds.record(c.image_id).num_boxes, 7) for c in ds.captions]
+    assert got == want and len(set(got)) == 3
+
+
 def test_warmup_then_linear_decay():
     model = nn.Linear(2, 2)
     opt = build_optimizer(model, lr=1.0)

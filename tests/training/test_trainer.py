@@ -181,7 +181,8 @@ def test_bf16_autocast_bucketing_and_workers(tiny_bert, tmp_path):
     for workers in (0, 2):
         cfg = _config(tiny_bert, steps=3, precision="bf16", bucket_by_length=True, bucket_multiplier=2,
                       num_workers=workers)  # fmt: skip
-        run_pretraining(cfg, tmp_path / f"w{workers}", dataset_factory=lambda s: [ds])
+        final = run_pretraining(cfg, tmp_path / f"w{workers}", dataset_factory=lambda s: [ds])
+        assert json.loads((final / "meta.json").read_text())["length_bucketing"] is True
         losses[workers] = [m["loss"] for m in _metrics(tmp_path / f"w{workers}")]
     assert all(torch.isfinite(torch.tensor(v)) for v in losses[0])
     assert losses[0] == losses[2]  # batches built in worker processes are the same batches

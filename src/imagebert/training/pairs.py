@@ -120,12 +120,15 @@ class PairPool:
         return self.datasets[d].record(image_id)
 
     def lengths(self, max_regions: int) -> list[int]:
-        """Per item: whitespace words + regions (capped), for length bucketing. Reads each image's record once."""
+        """Per item: whitespace words + regions (capped), for length bucketing. One count per image, from the
+        store's record header where the dataset has a store (`FeatureStore.num_boxes`), else from the record."""
         out: list[int] = []
         for ds in self.datasets:
+            store = getattr(ds, "store", None)
+            count = store.num_boxes if hasattr(store, "num_boxes") else (lambda i: ds.record(i).num_boxes)
             regions: dict[str, int] = {}
             for cap in ds.captions:
                 if cap.image_id not in regions:
-                    regions[cap.image_id] = min(ds.record(cap.image_id).num_boxes, max_regions)
+                    regions[cap.image_id] = min(count(cap.image_id), max_regions)
                 out.append(len(cap.text.split()) + regions[cap.image_id])
         return out
