@@ -20,6 +20,7 @@ ORDER = [
     "levers_demo_size",
     "bf16_cpu",
     "allocator",
+    "bucketing",
     "resident_weights",
     "fast_mode",
     "gpu",

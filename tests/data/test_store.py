@@ -211,7 +211,9 @@ def test_num_boxes_reads_the_count_from_the_header(tmp_path, dtype):
         store = FeatureStore(tmp_path / "s", box_selection=sel)
         for r in records:
             assert store.num_boxes(r.image_id) == store[r.image_id].num_boxes, (sel, r.image_id)
-    counts = {FeatureStore(tmp_path / "s", box_selection=selections[2]).num_boxes(r.image_id) for r in records}
+    counts = {
+        FeatureStore(tmp_path / "s", box_selection=selections[2]).num_boxes(r.image_id) for r in records
+    }
     assert len(counts) > 2  # the threshold rule really read confidences, not a constant
     with pytest.raises(KeyError, match="nope.*feature store"):
         FeatureStore(tmp_path / "s").num_boxes("nope")

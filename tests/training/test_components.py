@@ -49,7 +49,9 @@ def test_bucketing_lengths_come_from_store_headers(tmp_path):
     from tests.data.helpers import write_karpathy
 
     counts = {"1": 3, "2": 9, "3": 6}
-    write_karpathy(tmp_path / "dataset_flickr30k.json", "flickr30k", [(f"{i}.jpg", "train", 2) for i in counts])
+    write_karpathy(
+        tmp_path / "dataset_flickr30k.json", "flickr30k", [(f"{i}.jpg", "train", 2) for i in counts]
+    )
     with FeatureStoreWriter(tmp_path / "feats") as w:
         for image_id, n in counts.items():
             boxes = np.tile(np.array([0, 0, 5, 5], np.float32), (n, 1))

@@ -125,7 +125,9 @@ class PairPool:
         out: list[int] = []
         for ds in self.datasets:
             store = getattr(ds, "store", None)
-            count = store.num_boxes if hasattr(store, "num_boxes") else (lambda i: ds.record(i).num_boxes)
+            count = (
+                store.num_boxes if hasattr(store, "num_boxes") else (lambda i, ds=ds: ds.record(i).num_boxes)
+            )
             regions: dict[str, int] = {}
             for cap in ds.captions:
                 if cap.image_id not in regions:
