@@ -61,7 +61,9 @@ def test_bf16_weights_train_like_autocast_and_save_fp32_masters(tiny_bert, tmp_p
     a, b = _losses(tmp_path / "autocast"), _losses(tmp_path / "bf16w")
     assert all(torch.isfinite(torch.tensor(b)))
     assert abs(a[0] - b[0]) < 0.02 * a[0]  # same weights and batch at step 1: bf16 rounding only
-    assert sum(b[-2:]) < sum(b[:2])  # it learns
+    # and it trains like autocast at every step (a 6-step loss on 24 pairs is too noisy to show learning by
+    # itself: its first-vs-last comparison flipped with the batch order alone)
+    assert len(a) == len(b) == 6 and all(abs(x - y) < 0.02 * x for x, y in zip(a, b, strict=True))
     weights = load_file(resident / "model.safetensors")
     assert set(weights) == set(load_file(auto / "model.safetensors"))
     assert all(w.dtype == torch.float32 for w in weights.values())
