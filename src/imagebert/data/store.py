@@ -123,13 +123,16 @@ class BoxSelection:
         if self.min_confidence is not None and not (1 <= self.min_boxes <= self.max_boxes):
             raise ConfigError("BoxSelection: need 1 <= min_boxes <= max_boxes")
 
+    def count(self, num_boxes: int, confidences: np.ndarray | None) -> int:
+        """How many boxes are kept (`top_n` never reads `confidences`)."""
+        if self.top_n is not None:
+            return min(self.top_n, num_boxes)
+        k = num_boxes if confidences is None else int((confidences >= self.min_confidence).sum())
+        return max(min(k, self.max_boxes), min(self.min_boxes, num_boxes))
+
     def indices(self, num_boxes: int, confidences: np.ndarray | None) -> np.ndarray:
         """Indices (ascending) of the boxes to keep."""
-        if self.top_n is not None:
-            k = min(self.top_n, num_boxes)
-        else:
-            k = num_boxes if confidences is None else int((confidences >= self.min_confidence).sum())
-            k = max(min(k, self.max_boxes), min(self.min_boxes, num_boxes))
+        k = self.count(num_boxes, confidences)
         if k >= num_boxes:
             return np.arange(num_boxes)
         if confidences is None:
@@ -345,25 +348,33 @@ def decode_record(
         ) from None
 
 
-def _decode(image_id: str, data: bytearray) -> RegionRecord:
-    flags, fcode, pcode, n, d, k, w, h, _run = read_header(data)
+def _sections(buf: Any) -> tuple[dict[str, np.ndarray], int, int]:
+    """The record's arrays as views into `buf` (features, boxes and whichever optional columns its flags say it
+    holds), and its width and height: the one place that knows the layout behind the header."""
+    flags, fcode, pcode, n, d, k, w, h, _run = read_header(buf)
     if fcode not in _DTYPES or (flags & _FLAG_PROBS and pcode not in _DTYPES):
         raise ValueError(f"unknown dtype codes {fcode}/{pcode}")
-    off = _HEADER.size
+    layout = [
+        ("features", _DTYPES[fcode], (n, d), True),
+        ("boxes", np.dtype("<f4"), (n, 4), True),
+        ("class_ids", np.dtype("<i4"), (n,), flags & _FLAG_CLASS_IDS),
+        ("class_confidences", np.dtype("<f4"), (n,), flags & _FLAG_CONF),
+        ("class_probs", _DTYPES.get(pcode), (n, k), flags & _FLAG_PROBS),
+    ]
+    out, off = {}, _HEADER.size
+    for name, dtype, shape, present in layout:
+        if present:
+            count = int(np.prod(shape))
+            out[name] = np.frombuffer(buf, dtype=dtype, count=count, offset=off).reshape(shape)
+            off += _pad8(dtype.itemsize * count)
+    return out, w, h
 
-    def take(dtype: np.dtype, count: int, shape: tuple) -> np.ndarray:
-        nonlocal off
-        nbytes = dtype.itemsize * count
-        arr = np.frombuffer(data, dtype=dtype, count=count, offset=off).reshape(shape)
-        off += _pad8(nbytes)
-        return arr
 
-    feats = take(_DTYPES[fcode], n * d, (n, d))
-    boxes = take(np.dtype("<f4"), n * 4, (n, 4))
-    cids = take(np.dtype("<i4"), n, (n,)).astype(np.int64) if flags & _FLAG_CLASS_IDS else None
-    conf = take(np.dtype("<f4"), n, (n,)) if flags & _FLAG_CONF else None
-    probs = take(_DTYPES[pcode], n * k, (n, k)) if flags & _FLAG_PROBS else None
-    return RegionRecord(image_id, feats, boxes, w, h, cids, conf, probs)
+def _decode(image_id: str, data: bytearray) -> RegionRecord:
+    a, w, h = _sections(data)
+    cids = a.get("class_ids")
+    return RegionRecord(image_id, a["features"], a["boxes"], w, h, None if cids is None else cids.astype(np.int64),
+                        a.get("class_confidences"), a.get("class_probs"))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- environments
@@ -729,16 +740,12 @@ class FeatureStore:
             if buf is None:
                 raise KeyError(f"image id {image_id!r} not in feature store {self.path}")
             try:
-                flags, fcode, _pcode, n, d, _k, _w, _h, _run = read_header(buf)
-                if self.box_selection is None or self.box_selection.top_n is not None:
-                    return n if self.box_selection is None else min(self.box_selection.top_n, n)
-                conf = None
-                if flags & _FLAG_CONF:
-                    off = _HEADER.size + _pad8(_DTYPES[fcode].itemsize * n * d) + _pad8(16 * n)
-                    off += _pad8(4 * n) if flags & _FLAG_CLASS_IDS else 0
-                    conf = np.frombuffer(buf, dtype="<f4", count=n, offset=off)
-                return len(self.box_selection.indices(n, conf))
-            except (ValueError, KeyError, struct.error) as exc:
+                n = read_header(buf)[3]
+                if self.box_selection is None:
+                    return n
+                # views into the mapped record: only the pages of the columns read are touched
+                return self.box_selection.count(n, _sections(buf)[0].get("class_confidences"))
+            except (ValueError, struct.error) as exc:
                 raise CorruptRecordError(
                     f"unreadable record header ({exc})", path=self.path, record=str(image_id), field="record"
                 ) from None
