@@ -95,20 +95,23 @@ def batch_lists(pool: Any, batch_size: int, seed: int) -> dict[str, list[list[in
     }
 
 
-def padding_share(task: Any, pool: Any, batches: list[list[int]], seed: int) -> dict[str, float]:
-    """Padding slots / all slots over `batches` as built (negatives, collation), and the mean padded length."""
-    gen = torch.Generator().manual_seed(seed)
+def padding_of(batches: list[dict[str, Any]]) -> dict[str, float]:
+    """Padding slots / all slots over built batches, and their mean padded length. Slots: the text mask (with
+    [CLS]), the region mask, and the image [SEP] and last [SEP] of each row."""
     real = slots = 0
     lengths = []
-    for b in batches:
-        batch = task.build_batch([pool[i] for i in b], gen)
+    for batch in batches:
         text, regions = batch["attention_mask"], batch["region_mask"]
-        slots += (
-            text.numel() + regions.numel() + 2 * text.shape[0]
-        )  # [CLS] is in text; + image [SEP], last [SEP]
+        slots += text.numel() + regions.numel() + 2 * text.shape[0]
         real += int(text.sum()) + int(regions.sum()) + 2 * text.shape[0]
         lengths.append(text.shape[1] + regions.shape[1] + 2)
     return {"share": 1.0 - real / slots, "mean_length": float(np.mean(lengths)), "batches": len(batches)}
+
+
+def padding_share(task: Any, pool: Any, batches: list[list[int]], seed: int) -> dict[str, float]:
+    """`padding_of` the batches as the task builds them (negatives, collation)."""
+    gen = torch.Generator().manual_seed(seed)
+    return padding_of([task.build_batch([pool[i] for i in b], gen) for b in batches])
 
 
 def build_model(model_config_overrides: dict[str, Any], itm_name: str) -> Any:
@@ -132,14 +135,13 @@ def step_row(task: Any, pool: Any, lists: dict[str, list[list[int]]], model_over
              for name, batches in lists.items()}  # fmt: skip
 
     def run(name: str):
-        def go() -> dict[str, Any]:
+        def go() -> None:
             for batch in built[name]:
                 loss, _ = task.compute_loss(model, batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            return {"slots": sum(b["attention_mask"].numel() + b["region_mask"].numel() for b in built[name])}
 
         return go
 
@@ -147,6 +149,8 @@ def step_row(task: Any, pool: Any, lists: dict[str, list[list[int]]], model_over
                              log=lambda m: _log(f"steps {m}"))  # fmt: skip
     return {
         "steps": {k: v.summary() for k, v in series.items()},
+        # of the timed batches themselves
+        **{f"{name}_sample_padding": padding_of(batches)["share"] for name, batches in built.items()},
         "random_over_bucketed": paired_ratio(series["random"], series["bucketed"]),
         "random_over_bucketed_wall": paired_ratio(series["random"], series["bucketed"], "wall"),
     }
@@ -212,7 +216,8 @@ def measure(dataset: str, *, split: str, batch_size: int, steps: int, min_reps: 
     tokenizer = load_tokenizer(default_bert_path())
     scenarios = {"as stored": ds, f"{fixed_regions} regions each": with_regions(ds, fixed_regions, seed)}
     report: dict[str, Any] = {"dataset": dataset, "split": split, "pairs": len(ds), "images": len(ds.image_ids),
-                              "batch_size": batch_size, "feature_dim": feature_dim, "padding": [], "steps": []}  # fmt: skip
+                              "batch_size": batch_size, "feature_dim": feature_dim, "steps_per_rep": steps,
+                              "padding": [], "steps": []}  # fmt: skip
     step_itm = {"as stored": "demo", f"{fixed_regions} regions each": "paper"}
     for scen, data in scenarios.items():
         pool = PairPool([data])
@@ -233,8 +238,6 @@ def measure(dataset: str, *, split: str, batch_size: int, steps: int, min_reps: 
         task = build_task(pool, tokenizer, model_config, itm_name)
         row = step_row(task, pool, lists, cfg_kw, itm_name, steps, min_reps, max_reps, seed)
         row.update({"scenario": scen, "itm": itm_name})
-        for name, batches in lists.items():
-            row[f"{name}_sample_padding"] = padding_share(task, pool, batches[:steps], seed)["share"]
         report["steps"].append(row)
     report["lengths_pass"] = {"dataset store": lengths_pass(ds.store, ds.image_ids)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -328,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
             "store_dim": args.store_dim,
         }  # fmt: skip
         report = measure(dataset, split=args.split, **kw)
-    report["steps_per_rep"] = kw["steps"]
     write_outputs(to_markdown(report, argv), report, args.out, args.json)
     return 0
 

@@ -28,7 +28,6 @@ def test_bucketing_page_measures_padding_and_times_both_lists(tmp_path):
         assert row["random_over_bucketed"]["median"] > 0
     for t in report["lengths_pass"].values():
         assert t["header"] > 0 and t["full_read"] > 0
-    report["steps_per_rep"] = 1
     page = bench_bucketing.to_markdown(report, ["--quick"])
     check_results_text("bucketing.md", page)
     assert "| 12 regions each | demo |" in page and "full / header" in page
