@@ -78,7 +78,7 @@ class TrainerConfig:
     num_workers: int = 0  # DataLoader worker processes building batches
     # Length bucketing (imagebert.training.sampler): on unless the task gives no lengths (pre-training gives them;
     # retrieval fine-tuning pairs each positive with a random negative pool, so it does not). Measured on real
-    # batches (benchmarks/results/bucketing.md): padded slots 36% -> 24-29% with few, varying boxes (steps 1.19x
+    # batches (benchmarks/results/bucketing.md): padded slots 36% -> 24-29% with few, varying boxes (steps 1.22x
     # faster), 7.9% -> 5.5% with the paper's fixed 100 regions and random ITM negatives (which keep most of it).
     bucket_by_length: bool = True
     bucket_multiplier: int = 50
