@@ -103,7 +103,16 @@ def test_custom_karpathy_captions_through_the_cli(tmp_path, tiny_bert_path, monk
     assert fp32.shape == bf16.shape == (8, 4) and np.abs(fp32 - bf16).max() < 0.05 * max(
         1.0, np.abs(fp32).max()
     )
+    # int8 weights (CPU, fp32 activations) through the same flag; their cache is their own, not fp32's
+    assert main(["evaluate", "--checkpoint", final, "--dataset", "mydata/mine.yaml", "--protocol", "flickr1k",
+                 "--weights", "int8", "--batch-size", "32", "--out", "eval_int8"]) == 0  # fmt: skip
+    int8 = np.load(next((tmp_path / "eval_int8" / "score_cache").rglob("scores.npy")))
+    assert int8.shape == (8, 4) and not np.array_equal(int8, fp32)
+    assert np.abs(fp32 - int8).max() < 0.1 * max(1.0, np.abs(fp32).max())
     capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", final, "--dataset", "mydata/mine.yaml", "--weights", "int8",
+                 "--precision", "bf16"]) == 2  # fmt: skip
+    assert "--weights int8 runs in fp32 activations" in capsys.readouterr().err
     # a typo in the generic layout's settings is caught by name before any work
     (data / "bad.yaml").write_text(
         (data / "mine.yaml").read_text().replace("image_id", "x") + "    imageid: stem\n"

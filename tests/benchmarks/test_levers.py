@@ -51,7 +51,43 @@ def test_bf16_resident_weights_score_like_autocast_and_leave_the_model_alone(
     # fp32 precision ignores weights="bf16" (no copy taken)
     assert ModelPairScorer(model, collator, gallery, precision="fp32", weights="bf16")._resident is None
     with pytest.raises(ValueError, match="weights"):
-        ModelPairScorer(model, collator, gallery, weights="int8")
+        ModelPairScorer(model, collator, gallery, weights="int4")
+
+
+def test_int8_weights_score_close_to_fp32_and_leave_the_model_alone(tiny_model_and_collator, gallery):
+    from imagebert.retrieval.scorers import ModelPairScorer
+    from imagebert.runtime.quantize import int8_linear_count
+
+    model, collator = tiny_model_and_collator
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cap, img = _all_pairs(gallery)
+    fp32 = ModelPairScorer(model, collator, gallery, precision="fp32", batch_size=16).score_pairs(cap, img)
+    scorer = ModelPairScorer(model, collator, gallery, precision="auto", weights="int8", batch_size=16)
+    int8 = scorer.score_pairs(cap, img)
+    assert scorer.dtype is None  # "auto" means fp32 activations for int8 weights, on any CPU
+    layers = model.config.num_hidden_layers
+    assert int8_linear_count(scorer._resident) == 6 * layers  # q, k, v, attention out, FFN in, FFN out
+    assert int8_linear_count(model) == 0
+    assert isinstance(scorer._resident.itm_head.weight, torch.Tensor)  # the score head stays an fp32 Linear
+    assert scorer._resident.itm_head.weight.dtype == torch.float32
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    assert not np.array_equal(int8, fp32)  # it really ran the int8 kernels
+    spread = float(fp32.std())
+    assert np.abs(int8 - fp32).max() < 0.1 * spread, (np.abs(int8 - fp32).max(), spread)
+    assert np.corrcoef(int8, fp32)[0, 1] > 0.995
+
+
+def test_int8_weights_refuse_what_they_cannot_do(tiny_model_and_collator, gallery):
+    from imagebert.retrieval.scorers import ModelPairScorer
+
+    model, collator = tiny_model_and_collator
+    with pytest.raises(ValueError, match="precision 'bf16'"):
+        ModelPairScorer(model, collator, gallery, precision="bf16", weights="int8")
+    with pytest.raises(ValueError, match="compile"):
+        ModelPairScorer(model, collator, gallery, precision="fp32", weights="int8", compile="on")
+    with pytest.raises(ValueError, match="CPU only"):
+        ModelPairScorer(model, collator, gallery, device="meta", precision="fp32", weights="int8")
 
 
 def test_unsorted_pairs_give_the_same_scores(tiny_model_and_collator, gallery):

@@ -57,9 +57,10 @@ class EvaluateSettings:
         "run redoes little)"))  # fmt: skip
     setting: Literal["zero-shot", "fine-tuned"] | None = field(default=None, metadata=meta(
         "which paper rows to compare with (default: from the checkpoint)"))  # fmt: skip
-    weights: Literal["fp32", "bf16"] = field(default="fp32", metadata=meta(
+    weights: Literal["fp32", "bf16", "int8"] = field(default="fp32", metadata=meta(
         "bf16: keep the encoder's weights in bf16 when --precision bf16 (no per-matmul casts; the score head "
-        "stays fp32): faster scoring, see BENCHMARKS.md"))  # fmt: skip
+        "stays fp32); int8: the encoder layers run int8 matmuls on a CPU in fp32 precision (the lever for CPUs "
+        "without bf16 kernels; embeddings and score head stay fp32): faster scoring, see BENCHMARKS.md"))  # fmt: skip
     compile: Literal["off", "on", "auto"] = field(default="off", metadata=meta(
         "torch.compile the cross-encoder (auto: on for long CUDA runs; on a CPU the compile time rarely pays "
         "back)"))  # fmt: skip
@@ -80,6 +81,15 @@ class EvaluateSettings:
                             ("--batch-size", self.batch_size), ("--fold-size", self.fold_size)):  # fmt: skip
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if self.weights == "int8":
+            if self.precision in ("bf16", "fp16"):
+                raise ConfigError(f"--weights int8 runs in fp32 activations; drop --precision {self.precision} "
+                                  "(or use --precision fp32 / auto)")  # fmt: skip
+            if self.device.startswith("cuda"):
+                raise ConfigError("--weights int8 runs on a CPU only (--device cpu); on a GPU use --precision "
+                                  "bf16 --weights bf16")  # fmt: skip
+            if self.compile == "on":
+                raise ConfigError("--weights int8 and --compile on do not combine (use --compile off)")
         parse_threads(self.threads)
 
 
@@ -162,7 +172,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if (args.resume or args.overwrite) and s.out is None:
         raise CliError("--resume and --overwrite need --out")
     dataset = s.dataset  # a shipped name is already its file (config_utils: `config="datasets"` fields)
-    opts = EvalOptions(mode=s.mode, ks_fast=list(s.k), fold_size=s.fold_size, device=s.device, precision=s.precision,
+    device = "cpu" if s.weights == "int8" and s.device == "auto" else s.device  # int8 kernels are CPU kernels
+    opts = EvalOptions(mode=s.mode, ks_fast=list(s.k), fold_size=s.fold_size, device=device, precision=s.precision,
                        batch_size=s.batch_size, block_captions=s.block[0], block_images=s.block[1],
                        weights=s.weights, compile=s.compile, attention=s.attention)  # fmt: skip
     apply_threads(s.threads)

@@ -48,9 +48,9 @@ class EvalOptions:
     # 250 x 50 = 12,500 pairs: minutes per block on a CPU, seconds on a GPU, so resuming loses little
     block_captions: int = 250
     block_images: int = 50
-    weights: str = (
-        "fp32"  # fp32 | bf16: bf16-resident encoder weights when precision is bf16 (score head fp32)
-    )
+    # fp32 | bf16 (bf16-resident encoder weights when precision is bf16, score head fp32) | int8 (the encoder
+    # layers' Linear modules int8 on a CPU, fp32 activations; imagebert.runtime.quantize)
+    weights: str = "fp32"
     compile: str = "off"  # off | on | auto (auto: on for CUDA runs of at least COMPILE_AUTO_MIN_PAIRS pairs)
     attention: str = "sdpa"  # sdpa | eager | auto (eager on a CPU in bf16), imagebert.runtime.attention
     progress: bool = True  # a bar on a terminal, a line every 30 s otherwise, and a summary line
@@ -208,7 +208,9 @@ def evaluate_gallery(
 
     device = next(model.parameters()).device
     before = getattr(model.config, "_attn_implementation", "sdpa")
-    impl = set_attention(model, opts.attention, device, resolve_precision(opts.precision, device))
+    # int8 weights score in fp32 activations whatever "auto" would pick (ModelPairScorer does the same)
+    scoring_precision = "fp32" if opts.weights == "int8" and opts.precision == "auto" else opts.precision
+    impl = set_attention(model, opts.attention, device, resolve_precision(scoring_precision, device))
     try:
         return _evaluate_gallery(model, collator, gallery, protocol, replace(opts, attention=impl))
     finally:

@@ -112,6 +112,26 @@ def _no_per_batch_checks(model: torch.nn.Module):
         model.validate_inputs = True
 
 
+SCORING_WEIGHTS = ("fp32", "bf16", "int8")
+
+
+def _check_int8(device: torch.device, dtype: torch.dtype | None, compiled: bool, precision: str) -> None:
+    """int8 weights are a CPU fp32 path: refuse the combinations that would silently do something else."""
+    from imagebert.runtime.quantize import require_int8_runtime
+
+    require_int8_runtime(device)
+    if dtype is not None:
+        raise ValueError(
+            f"weights int8 scores in fp32 activations; precision {precision!r} resolves to {dtype} here: "
+            "use --precision fp32 with --weights int8 (or --weights bf16 with --precision bf16)"
+        )
+    if compiled:
+        raise ValueError(
+            "weights int8 and compile do not combine here (the int8 path is measured and tested "
+            "uncompiled); use --compile off"
+        )
+
+
 class ModelPairScorer:
     """Scores (caption, image) pairs with ``ImageBertForRetrieval`` in length-sorted batches.
 
@@ -137,17 +157,22 @@ class ModelPairScorer:
     ) -> None:
         """`weights`: "fp32" scores with the model's own parameters under autocast; "bf16" keeps a bf16 copy of
         the encoder resident (no per-forward weight casts; the score head stays fp32) when `precision` resolves
-        to bf16, a snapshot taken here (call `refresh_weights()` after the model changes). `compile`: "off",
+        to bf16; "int8" keeps a copy whose encoder layers run int8 matmuls (CPU, fp32 precision only:
+        `imagebert.runtime.quantize`). Both copies are snapshots taken here (call `refresh_weights()` after the
+        model changes). `compile`: "off",
         "on" or "auto" (on for CUDA), see `imagebert.runtime.compile`; compiled batches are padded to bucketed
         shapes so they do not recompile per batch. `sort_pairs` False keeps the caller's order (for measuring
         what length bucketing buys). `on_batch(n)` is called after each forward with its number of pairs."""
-        if weights not in ("fp32", "bf16"):
-            raise ValueError(f"weights must be fp32 or bf16, got {weights!r}")
+        if weights not in SCORING_WEIGHTS:
+            raise ValueError(f"weights must be one of {SCORING_WEIGHTS}, got {weights!r}")
         self.model = model
         self.collator = collator
         self.gallery = gallery
         self.device = torch.device(device)
-        self.dtype = resolve_precision(precision, self.device)
+        # int8 weights take fp32 activations, so "auto" means fp32 for them (an explicit bf16 is refused below)
+        self.dtype = (
+            None if weights == "int8" and precision == "auto" else resolve_precision(precision, self.device)
+        )
         self.batch_size = batch_size
         self.weights = weights
         self.sort_pairs = sort_pairs
@@ -158,11 +183,13 @@ class ModelPairScorer:
         self.text_lengths = self.attention_mask.sum(1).numpy()
         self.passes = 0
         self._resident: torch.nn.Module | None = None
-        if weights == "bf16" and self.dtype == torch.bfloat16:
-            self.refresh_weights()
         from imagebert.runtime.compile import ShapeBuckets, resolve_compile
 
         self.compiled = resolve_compile(compile, self.device)
+        if weights == "int8":
+            _check_int8(self.device, self.dtype, self.compiled, precision)
+        if (weights == "bf16" and self.dtype == torch.bfloat16) or weights == "int8":
+            self.refresh_weights()
         cfg = getattr(model, "config", None)
         self.buckets = (
             ShapeBuckets(batch=batch_size, max_text=getattr(cfg, "max_text_tokens", None),
@@ -173,9 +200,16 @@ class ModelPairScorer:
         self._compiled_forward: Callable[..., Any] | None = None
 
     def refresh_weights(self) -> None:
-        """(Re)take the bf16-resident snapshot of the model: encoder in bf16, score head in fp32."""
+        """(Re)take the resident snapshot of the model: bf16 (encoder in bf16, score head in fp32) or int8
+        (encoder layers' Linear modules int8, everything else fp32)."""
         import copy
 
+        if self.weights == "int8":
+            from imagebert.runtime.quantize import int8_encoder_copy
+
+            self._resident = int8_encoder_copy(self.model)
+            self._compiled_forward = None
+            return
         resident = copy.deepcopy(self.model).eval().to(torch.bfloat16)
         head = getattr(resident, "itm_head", None)
         if head is not None:
