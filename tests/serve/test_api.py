@@ -22,6 +22,7 @@ def test_health_and_page(server):
     status, _, h = request(server["url"] + "/health")
     assert status == 200 and h["status"] == "ok"
     assert h["images"] == NUM_IMAGES and h["captions"] == 5 * NUM_IMAGES and h["uploads"] is True
+    assert h["precision"] == "fp32" and h["weights"] == "fp32"
     status, hdrs, page = request(server["url"] + "/")
     assert status == 200 and b'id="query"' in page
     assert b"http://" not in page and b"https://" not in page  # no outside resource
@@ -64,6 +65,55 @@ def test_service_ranks_like_fast_mode(server):
                                                                "rerank": 6})  # fmt: skip
         assert [x["image_id"] for x in r["results"]] == want
         assert np.allclose([x["score"] for x in r["results"]], np.sort(cross)[::-1], atol=1e-4)
+
+
+def test_int8_worker_reranks_with_an_int8_copy_and_embeds_with_the_models_weights(
+    server, checkpoints, capsys
+):
+    """`serve --weights int8`: re-ranking scores from the int8 copy (close to fp32, not equal), query embeddings
+    exactly the fp32 ones (they must match the index's), the model itself untouched, bf16 refused."""
+    from imagebert.cli import main
+    from imagebert.retrieval.scorers import Gallery, ModelPairScorer
+    from imagebert.runtime.quantize import int8_linear_count
+    from imagebert.serve.search import ModelWorker
+
+    s = server["searcher"]
+    idx, model, collator = s.index, s.worker.model, s.worker.collator
+    worker = ModelWorker(model, collator, precision="fp32", weights="int8")
+    try:
+        assert worker.cross_model is not model and int8_linear_count(worker.cross_model) > 0
+        assert int8_linear_count(model) == 0
+        texts = [idx.captions[c]["text"] for c in (0, 13)]
+        assert np.array_equal(worker.encode_texts(texts), s.worker.encode_texts(texts))
+        images = list(range(6))
+        records = [(i, idx.record(i)) for i in images]
+        got, _ = worker.score_pairs(texts, records, np.repeat([0, 1], 6), np.tile(images, 2))
+    finally:
+        worker.close()
+    g = Gallery(texts, np.zeros(2, np.int64), [idx.image_ids[i] for i in images], idx.record)
+    want = ModelPairScorer(model, collator, g, precision="fp32").score_pairs(
+        np.repeat([0, 1], 6), np.tile(images, 2)
+    )
+    assert not np.array_equal(got, want)
+    assert np.abs(got - want).max() < 0.1 * max(1.0, np.abs(want).std())
+    with pytest.raises(ValueError, match="fp32 activations"):
+        ModelWorker(model, collator, precision="bf16", weights="int8")
+    assert (
+        main(
+            [
+                "serve",
+                str(idx.path),
+                "--checkpoint",
+                str(checkpoints["trained"]),
+                "--weights",
+                "int8",
+                "--precision",
+                "bf16",
+            ]
+        )
+        == 2
+    )
+    assert "--weights int8 runs in fp32 activations" in capsys.readouterr().err
 
 
 def test_caption_search_by_id_and_by_upload(server, demo):

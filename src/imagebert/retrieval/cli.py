@@ -82,14 +82,13 @@ class EvaluateSettings:
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
         if self.weights == "int8":
-            if self.precision in ("bf16", "fp16"):
-                raise ConfigError(f"--weights int8 runs in fp32 activations; drop --precision {self.precision} "
-                                  "(or use --precision fp32 / auto)")  # fmt: skip
-            if self.device.startswith("cuda"):
-                raise ConfigError("--weights int8 runs on a CPU only (--device cpu); on a GPU use --precision "
-                                  "bf16 --weights bf16")  # fmt: skip
-            if self.compile == "on":
-                raise ConfigError("--weights int8 and --compile on do not combine (use --compile off)")
+            from imagebert.runtime.quantize import int8_setting_conflict
+
+            conflict = int8_setting_conflict(
+                device=self.device, precision=self.precision, compile=self.compile
+            )
+            if conflict:
+                raise ConfigError(conflict)
         parse_threads(self.threads)
 
 

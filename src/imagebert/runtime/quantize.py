@@ -16,13 +16,21 @@ If a future torch drops the API, asking for int8 raises a clear error instead of
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["int8_encoder_copy", "int8_linear_count", "require_int8_runtime"]
+__all__ = [
+    "int8_encoder_copy",
+    "int8_linear_count",
+    "int8_setting_conflict",
+    "quantized_engine",
+    "require_int8_runtime",
+]
 
 
 def require_int8_runtime(device: torch.device | str) -> None:
@@ -42,6 +50,20 @@ def require_int8_runtime(device: torch.device | str) -> None:
         raise ValueError(f"int8 weights: this torch build has no quantized engine (supported: {engines})")
 
 
+def int8_setting_conflict(*, device: str, precision: str, compile: str = "off") -> str | None:
+    """Why a command's settings cannot run with int8 weights (None when they can): the one rule the CLIs share,
+    checked before any model loads. int8 weights take fp32 activations on a CPU, uncompiled."""
+    if precision in ("bf16", "fp16"):
+        return f"--weights int8 runs in fp32 activations; drop --precision {precision} (or use fp32 / auto)"
+    if device.startswith("cuda"):
+        return (
+            "--weights int8 runs on a CPU only (--device cpu); on a GPU use --precision bf16 --weights bf16"
+        )
+    if compile == "on":
+        return "--weights int8 and --compile on do not combine (use --compile off)"
+    return None
+
+
 def _quantize_dynamic():  # noqa: ANN202
     try:
         from torch.ao.quantization import quantize_dynamic
@@ -58,7 +80,8 @@ def _encoders(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def int8_encoder_copy(model: nn.Module) -> nn.Module:
     """A deep copy of `model` in eval mode, fp32 everywhere except the Linear layers of its BERT encoder(s),
-    which become dynamically quantised int8 Linear layers. Raises ValueError for a model with no BERT encoder."""
+    which become dynamically quantised int8 Linear layers packed for the quantized engine in effect
+    (`quantized_engine`). Raises ValueError for a model with no BERT encoder."""
     require_int8_runtime("cpu")
     quantize_dynamic = _quantize_dynamic()
     resident = copy.deepcopy(model).eval().float()
@@ -73,6 +96,22 @@ def int8_encoder_copy(model: nn.Module) -> nn.Module:
         for _, encoder in encoders:
             quantize_dynamic(encoder, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return resident
+
+
+@contextlib.contextmanager
+def quantized_engine(name: str) -> Iterator[None]:
+    """Pack int8 weights for another of torch's quantized engines inside the block (`int8_encoder_copy` packs
+    for the engine in effect, `torch.backends.quantized.engine`, torch's default "x86"). Packed layers keep their
+    engine after the block; `benchmarks/bench_int8.py` compares the engines. Raises ValueError for an engine this torch build lacks."""
+    engines = torch.backends.quantized.supported_engines
+    if name not in engines:
+        raise ValueError(f"quantized engine {name!r} is not in this torch build (supported: {engines})")
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
 
 
 def int8_linear_count(model: nn.Module) -> int:

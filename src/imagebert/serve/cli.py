@@ -86,6 +86,9 @@ class ServeSettings:
     device: str = field(default="cpu", metadata=meta("cpu, cuda, cuda:1, ..."))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata=meta(
         "auto = bf16 where the hardware has it (the score head stays fp32)"))  # fmt: skip
+    weights: Literal["fp32", "int8"] = field(default="fp32", metadata=meta(
+        "int8: the cross-encoder re-ranks with its encoder layers in int8 matmuls (CPU only, fp32 activations; "
+        "query embeddings keep the fp32 weights); faster re-ranking on CPUs, see BENCHMARKS.md"))  # fmt: skip
     backend: Literal["auto", "torch", "faiss", "faiss-hnsw"] | None = field(default=None, metadata=meta(
         "override the index's first-stage backend"))  # fmt: skip
     batch_size: int = field(default=64, metadata=meta("cross-encoder pairs per forward pass"))
@@ -103,6 +106,12 @@ class ServeSettings:
         _check_sizes(self.batch_size, self.max_batch_pairs)
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must lie in 1..65535, got {self.port}")
+        if self.weights == "int8":
+            from imagebert.runtime.quantize import int8_setting_conflict
+
+            conflict = int8_setting_conflict(device=self.device, precision=self.precision)
+            if conflict:
+                raise ConfigError(conflict)
         parse_threads(self.threads)
 
 
@@ -209,7 +218,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                  batch_size=s.batch_size, max_batch_pairs=s.max_batch_pairs,
                                  max_wait_ms=s.batch_wait_ms, max_pixels=s.max_pixels,
                                  limits=Limits(max_upload_bytes=int(s.max_upload_mb * 2**20)),
-                                 uploads=s.uploads)  # fmt: skip
+                                 uploads=s.uploads, weights=s.weights)  # fmt: skip
     print(
         f"imagebert serve: {searcher.index.num_images} images, {searcher.index.num_captions} captions on "
         f"http://{s.host}:{s.port}/ ({searcher.image_search.name} first stage, {s.device})",

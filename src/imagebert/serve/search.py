@@ -50,12 +50,27 @@ class ModelWorker:
     """One thread that owns the model; jobs waiting together are batched into shared forward passes."""
 
     def __init__(self, model: Any, collator: Any, *, device: str = "cpu", precision: str = "auto",
-                 batch_size: int = 64, max_batch_pairs: int = 1024, max_wait_ms: float = 2.0) -> None:  # fmt: skip
+                 batch_size: int = 64, max_batch_pairs: int = 1024, max_wait_ms: float = 2.0,
+                 weights: str = "fp32") -> None:  # fmt: skip
+        """`weights` "int8": the cross-encoder re-ranks with a copy whose encoder layers run int8 matmuls (CPU,
+        fp32 activations, `imagebert.runtime.quantize`); the query embeddings keep the model's own weights, so
+        they match the index's."""
         self.model = model.eval()
         self.collator = collator
         self.device = torch.device(device)
         self.precision = precision
         self.dtype = resolve_precision(precision, self.device)
+        self.weights = weights
+        self.cross_model, self.cross_precision = self.model, precision
+        if weights == "int8":
+            from imagebert.runtime.quantize import int8_encoder_copy, int8_setting_conflict
+
+            conflict = int8_setting_conflict(device=str(self.device), precision=precision)
+            if conflict:
+                raise ValueError(conflict)
+            self.cross_model, self.cross_precision = int8_encoder_copy(self.model), "fp32"
+        elif weights != "fp32":
+            raise ValueError(f"serve weights must be fp32 or int8, got {weights!r}")
         self.batch_size = batch_size
         self.max_batch_pairs = max_batch_pairs
         self.max_wait = max_wait_ms / 1000.0
@@ -162,8 +177,8 @@ class ModelWorker:
             bounds.append(len(j.pairs[0]))
         gallery = Gallery(texts=texts, caption_image=np.zeros(len(texts), np.int64),
                           image_ids=[str(k) for k in slot], get_record=lambda i: records[i])  # fmt: skip
-        scorer = ModelPairScorer(self.model, self.collator, gallery, device=self.device,
-                                 precision=self.precision, batch_size=self.batch_size)  # fmt: skip
+        scorer = ModelPairScorer(self.cross_model, self.collator, gallery, device=self.device,
+                                 precision=self.cross_precision, batch_size=self.batch_size)  # fmt: skip
         scores = scorer.score_pairs(np.concatenate(cap_idx), np.concatenate(img_idx))
         start = 0
         for j, n in zip(group, bounds, strict=True):

@@ -209,7 +209,7 @@ def create_app(searcher: Searcher, *, uploads: Any = None, limits: Limits | None
         idx = searcher.index
         return {"status": "ok", "images": idx.num_images, "captions": idx.num_captions,
                 "backend": searcher.image_search.name, "device": str(searcher.worker.device),
-                "precision": searcher.worker.precision,
+                "precision": searcher.worker.precision, "weights": searcher.worker.weights,
                 "checkpoint_sha256": idx.meta["checkpoint"]["fingerprint"], "uploads": uploads is not None,
                 "uptime_s": round(time.time() - started, 1), "batches": searcher.worker.batches,
                 "largest_batch": searcher.worker.largest_batch,
@@ -341,7 +341,7 @@ class ServerThread:
 def load_service(index_dir: str | Path, checkpoint: str | Path, *, device: str = "cpu", precision: str = "auto",
                  backend: str | None = None, batch_size: int = 64, max_batch_pairs: int = 1024,
                  max_wait_ms: float = 2.0, max_pixels: int | None = None, limits: Limits | None = None,
-                 uploads: bool = True) -> tuple[FastAPI, Searcher]:  # fmt: skip
+                 uploads: bool = True, weights: str = "fp32") -> tuple[FastAPI, Searcher]:  # fmt: skip
     """Index + checkpoint -> (app, searcher). Refuses a checkpoint other than the index's, or untrained ITC."""
     from imagebert.extraction.images import DEFAULT_MAX_PIXELS
     from imagebert.retrieval.evaluate import load_retrieval_model
@@ -354,7 +354,7 @@ def load_service(index_dir: str | Path, checkpoint: str | Path, *, device: str =
     model, collator = load_retrieval_model(checkpoint, device)
     require_trained_projections(model.config, checkpoint)
     worker = ModelWorker(model, collator, device=device, precision=precision, batch_size=batch_size,
-                         max_batch_pairs=max_batch_pairs, max_wait_ms=max_wait_ms)  # fmt: skip
+                         max_batch_pairs=max_batch_pairs, max_wait_ms=max_wait_ms, weights=weights)  # fmt: skip
     searcher = Searcher(index, worker, backend=backend)
     extractor = None
     if uploads and index.meta.get("extraction"):
