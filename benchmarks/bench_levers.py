@@ -302,21 +302,6 @@ def to_markdown(report: dict[str, Any], argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def override_sizes(sizes: speed.Sizes, items: list[str]) -> speed.Sizes:
-    """Apply `FIELD=N` overrides to `sizes`; an unknown field or a value that is not a positive integer is an
-    error naming it (a typo must not silently benchmark the default size)."""
-    fields = {f.name for f in dataclasses.fields(sizes)}
-    changes: dict[str, int] = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if name not in fields:
-            raise SystemExit(f"--size {item}: unknown field {name!r} (one of {', '.join(sorted(fields))})")
-        if not value.isdigit() or int(value) < 1:
-            raise SystemExit(f"--size {item}: {name} takes a positive integer, got {value!r}")
-        changes[name] = int(value)
-    return dataclasses.replace(sizes, **changes)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -343,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     one_thread()
     sizes = speed.tiny_sizes(batch=4) if args.quick else speed.Sizes()
-    sizes = override_sizes(sizes, args.size)
+    sizes = speed.override_sizes(sizes, args.size)
     report: dict[str, Any] = {"sizes": dataclasses.asdict(sizes), "inductor_cache": _inductor_cache_state()}
     parts = args.parts.split(",")
     if "scoring" in parts:

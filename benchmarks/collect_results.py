@@ -22,6 +22,7 @@ ORDER = [
     "allocator",
     "bucketing",
     "resident_weights",
+    "int8",
     "fast_mode",
     "gpu",
     "training",

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,21 @@ def tiny_sizes(batch: int = 4) -> Sizes:
     """Sizes small enough for CI (seconds)."""
     return Sizes(layers=2, hidden=64, heads=4, intermediate=128, feature_dim=32, regions=6, words=8,
                  num_classes=20, batch=batch)  # fmt: skip
+
+
+def override_sizes(sizes: Sizes, items: list[str]) -> Sizes:
+    """Apply `FIELD=N` overrides to `sizes`; an unknown field or a value that is not a positive integer is an
+    error naming it (a typo must not silently benchmark the default size)."""
+    known = {f.name for f in fields(sizes)}
+    changes: dict[str, int] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in known:
+            raise SystemExit(f"--size {item}: unknown field {name!r} (one of {', '.join(sorted(known))})")
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"--size {item}: {name} takes a positive integer, got {value!r}")
+        changes[name] = int(value)
+    return replace(sizes, **changes)
 
 
 # --------------------------------------------------------------------------------------------- FLOP counting

@@ -175,14 +175,14 @@ def test_peer_lever_times_every_training_setting_on_the_same_work():
 
 
 def test_size_overrides_change_the_named_fields_and_refuse_typos():
-    from benchmarks import bench_levers, speed
+    from benchmarks import speed
 
-    sizes = bench_levers.override_sizes(speed.Sizes(), ["hidden=384", "layers=6"])
+    sizes = speed.override_sizes(speed.Sizes(), ["hidden=384", "layers=6"])
     assert (sizes.hidden, sizes.layers, sizes.heads) == (384, 6, speed.Sizes().heads)
     with pytest.raises(SystemExit, match="unknown field 'hiden'"):
-        bench_levers.override_sizes(speed.Sizes(), ["hiden=384"])
+        speed.override_sizes(speed.Sizes(), ["hiden=384"])
     with pytest.raises(SystemExit, match="positive integer"):
-        bench_levers.override_sizes(speed.Sizes(), ["batch=0"])
+        speed.override_sizes(speed.Sizes(), ["batch=0"])
 
 
 def test_a_run_at_other_sizes_gets_its_own_title():
@@ -191,6 +191,6 @@ def test_a_run_at_other_sizes_gets_its_own_title():
     from benchmarks import bench_levers, speed
 
     default = bench_levers.title(dataclasses.asdict(speed.Sizes()))
-    demo = bench_levers.title(dataclasses.asdict(bench_levers.override_sizes(speed.Sizes(), ["hidden=384"])))
+    demo = bench_levers.title(dataclasses.asdict(speed.override_sizes(speed.Sizes(), ["hidden=384"])))
     assert default == bench_levers.TITLE
     assert demo != default and demo.endswith("(hidden 384)")
