@@ -62,3 +62,14 @@ def test_a_model_without_a_bert_encoder_is_refused():
 def test_int8_runs_on_a_cpu_only(device):
     with pytest.raises(ValueError, match="CPU only"):
         require_int8_runtime(device)
+
+
+def test_the_cli_rule_refuses_any_non_cpu_device_and_accepts_auto():
+    from imagebert.runtime.quantize import int8_setting_conflict
+
+    assert int8_setting_conflict(device="auto", precision="auto") is None
+    assert int8_setting_conflict(device="cpu", precision="fp32") is None
+    for device in ("cuda", "cuda:1", "mps"):
+        assert "CPU only" in int8_setting_conflict(device=device, precision="fp32")
+    assert "fp32 activations" in int8_setting_conflict(device="cpu", precision="bf16")
+    assert "--compile on" in int8_setting_conflict(device="cpu", precision="fp32", compile="on")

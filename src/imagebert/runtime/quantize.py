@@ -55,10 +55,8 @@ def int8_setting_conflict(*, device: str, precision: str, compile: str = "off") 
     checked before any model loads. int8 weights take fp32 activations on a CPU, uncompiled."""
     if precision in ("bf16", "fp16"):
         return f"--weights int8 runs in fp32 activations; drop --precision {precision} (or use fp32 / auto)"
-    if device.startswith("cuda"):
-        return (
-            "--weights int8 runs on a CPU only (--device cpu); on a GPU use --precision bf16 --weights bf16"
-        )
+    if device != "auto" and torch.device(device).type != "cpu":  # "auto" means the CPU for int8
+        return f"--weights int8 runs on a CPU only, not --device {device}; on a GPU use --precision bf16 --weights bf16"
     if compile == "on":
         return "--weights int8 and --compile on do not combine (use --compile off)"
     return None
@@ -102,7 +100,8 @@ def int8_encoder_copy(model: nn.Module) -> nn.Module:
 def quantized_engine(name: str) -> Iterator[None]:
     """Pack int8 weights for another of torch's quantized engines inside the block (`int8_encoder_copy` packs
     for the engine in effect, `torch.backends.quantized.engine`, torch's default "x86"). Packed layers keep their
-    engine after the block; `benchmarks/bench_int8.py` compares the engines. Raises ValueError for an engine this torch build lacks."""
+    engine after the block; `benchmarks/bench_int8.py` compares the engines. Raises ValueError for an engine
+    this torch build lacks."""
     engines = torch.backends.quantized.supported_engines
     if name not in engines:
         raise ValueError(f"quantized engine {name!r} is not in this torch build (supported: {engines})")
