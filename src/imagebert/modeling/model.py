@@ -469,6 +469,11 @@ class ImageBertModel(ImageBertPreTrainedModel):
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """BertEncoder's layer loop, keeping every layer's output and (through a hook on the self-attention,
         whose weights BertLayer drops) the attention weights when asked."""
+        if (keep_hidden or keep_attn) and getattr(self.encoder.layer[0], "fused_layer_stack", False):
+            raise ValueError(
+                "this is a scoring copy whose encoder layers run as one calibrated int8 stack "
+                "(imagebert.runtime.int8_static): it has no per-layer hidden states or attention weights"
+            )
         states = [hidden]
         weights: list[torch.Tensor] = []
         hooks = []

@@ -7,7 +7,7 @@ RegionRecord, so the same code serves a dataset split, a fold of it, or a hand-m
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,23 +112,33 @@ def _no_per_batch_checks(model: torch.nn.Module):
         model.validate_inputs = True
 
 
-SCORING_WEIGHTS = ("fp32", "bf16", "int8")
+SCORING_WEIGHTS = ("fp32", "bf16", "int8", "int8-static")
+INT8_WEIGHTS = ("int8", "int8-static")
+# pairs sampled from the gallery (seeded) whose activations set int8-static's scales
+CALIBRATION_PAIRS = 512
 
 
-def _check_int8(device: torch.device, dtype: torch.dtype | None, compiled: bool, precision: str) -> None:
+def _check_int8(
+    weights: str, device: torch.device, dtype: torch.dtype | None, compiled: bool, precision: str
+) -> None:
     """int8 weights are a CPU fp32 path: refuse the combinations that would silently do something else."""
-    from imagebert.runtime.quantize import require_int8_runtime
+    if weights == "int8-static":
+        from imagebert.runtime.int8_static import require_static_int8_runtime
 
-    require_int8_runtime(device)
+        require_static_int8_runtime(device)
+    else:
+        from imagebert.runtime.quantize import require_int8_runtime
+
+        require_int8_runtime(device)
     if dtype is not None:
         raise ValueError(
-            f"weights int8 scores in fp32 activations; precision {precision!r} resolves to {dtype} here: "
-            "use --precision fp32 with --weights int8 (or --weights bf16 with --precision bf16)"
+            f"weights {weights} scores in fp32 activations; precision {precision!r} resolves to {dtype} here: "
+            f"use --precision fp32 with --weights {weights} (or --weights bf16 with --precision bf16)"
         )
     if compiled:
         raise ValueError(
-            "weights int8 and compile do not combine here (the int8 path is measured and tested "
-            "uncompiled); use --compile off"
+            f"weights {weights} and compile do not combine here (int8 is measured and tested uncompiled, "
+            "int8-static compiles its own stack); use --compile off"
         )
 
 
@@ -158,7 +168,9 @@ class ModelPairScorer:
         """`weights`: "fp32" scores with the model's own parameters under autocast; "bf16" keeps a bf16 copy of
         the encoder resident (no per-forward weight casts; the score head stays fp32) when `precision` resolves
         to bf16; "int8" keeps a copy whose encoder layers run int8 matmuls (CPU, fp32 precision only:
-        `imagebert.runtime.quantize`). Both copies are snapshots taken here (call `refresh_weights()` after the
+        `imagebert.runtime.quantize`); "int8-static" one whose layer stack is int8 with activation scales
+        calibrated on `CALIBRATION_PAIRS` seeded pairs of the gallery and compiled (CPU, torchao:
+        `imagebert.runtime.int8_static`). The copies are snapshots taken here (call `refresh_weights()` after the
         model changes). `compile`: "off",
         "on" or "auto" (on for CUDA), see `imagebert.runtime.compile`; compiled batches are padded to bucketed
         shapes so they do not recompile per batch. `sort_pairs` False keeps the caller's order (for measuring
@@ -171,7 +183,7 @@ class ModelPairScorer:
         self.device = torch.device(device)
         # int8 weights take fp32 activations, so "auto" means fp32 for them (an explicit bf16 is refused below)
         self.dtype = (
-            None if weights == "int8" and precision == "auto" else resolve_precision(precision, self.device)
+            None if weights in INT8_WEIGHTS and precision == "auto" else resolve_precision(precision, self.device)
         )
         self.batch_size = batch_size
         self.weights = weights
@@ -186,15 +198,18 @@ class ModelPairScorer:
         from imagebert.runtime.compile import ShapeBuckets, resolve_compile
 
         self.compiled = resolve_compile(compile, self.device)
-        if weights == "int8":
-            _check_int8(self.device, self.dtype, self.compiled, precision)
-        if (weights == "bf16" and self.dtype == torch.bfloat16) or weights == "int8":
+        if weights in INT8_WEIGHTS:
+            _check_int8(weights, self.device, self.dtype, self.compiled, precision)
+        if (weights == "bf16" and self.dtype == torch.bfloat16) or weights in INT8_WEIGHTS:
             self.refresh_weights()
         cfg = getattr(model, "config", None)
         self.buckets = (
             ShapeBuckets(batch=batch_size, max_text=getattr(cfg, "max_text_tokens", None),
                          max_regions=getattr(cfg, "max_regions", None))
             if self.compiled
+            # int8-static's copy pads the sequence itself; only the last batch's rows need padding
+            else ShapeBuckets(batch=batch_size, text_multiple=1, region_multiple=1)
+            if weights == "int8-static"
             else None
         )  # fmt: skip
         self._compiled_forward: Callable[..., Any] | None = None
@@ -208,6 +223,12 @@ class ModelPairScorer:
             from imagebert.runtime.quantize import int8_encoder_copy
 
             self._resident = int8_encoder_copy(self.model)
+            self._compiled_forward = None
+            return
+        if self.weights == "int8-static":
+            from imagebert.runtime.int8_static import calibrated_int8_copy
+
+            self._resident = calibrated_int8_copy(self.model, self._calibration_batches())
             self._compiled_forward = None
             return
         resident = copy.deepcopy(self.model).eval().to(torch.bfloat16)
@@ -232,44 +253,59 @@ class ModelPairScorer:
     @torch.no_grad()
     def score_pairs(self, caption_idx: np.ndarray, image_idx: np.ndarray) -> np.ndarray:
         caption_idx = np.asarray(caption_idx, dtype=np.int64)
-        image_idx = np.asarray(image_idx, dtype=np.int64)
+        out = np.empty(len(caption_idx), dtype=np.float32)
+        model = self._scoring_model()
+        batches = self._batches(caption_idx, np.asarray(image_idx, dtype=np.int64))
+        with eval_mode(model), fp32_score_head(model, self.dtype is not None), _no_per_batch_checks(model):
+            forward = self._forward(model)
+            for sel, batch in batches:
+                if self.buckets is not None:
+                    batch = self.buckets.pad(batch)
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                with autocast(self.device, self.dtype):
+                    scores = forward(**batch).scores
+                out[sel] = scores[: len(sel)].float().cpu().numpy()
+                self.passes += len(sel)
+                if self.on_batch is not None:
+                    self.on_batch(len(sel))
+        return out
+
+    def _batches(
+        self, caption_idx: np.ndarray, image_idx: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """(positions in the caller's order, model inputs) per batch: each call's distinct images collated once,
+        pairs sorted by (text length, region count), each batch trimmed to its longest text and region list."""
         images, slot = np.unique(image_idx, return_inverse=True)
         regions = self.collator.encode_regions([self.gallery.get_record(int(i)) for i in images])
         counts = regions["region_mask"].sum(1).numpy()
+        _check_finite(regions)
         if self.sort_pairs:
             order = np.lexsort((image_idx, caption_idx, counts[slot], self.text_lengths[caption_idx]))
         else:
             order = np.arange(len(caption_idx))
-        out = np.empty(len(caption_idx), dtype=np.float32)
-        model = self._scoring_model()
-        _check_finite(regions)
-        with eval_mode(model), fp32_score_head(model, self.dtype is not None), _no_per_batch_checks(model):
-            self._run(self._forward(model), order, caption_idx, slot, counts, regions, out)
-        return out
-
-    def _run(self, forward, order, caption_idx, slot, counts, regions, out) -> None:  # noqa: ANN001
         for start in range(0, len(order), self.batch_size):
             sel = order[start : start + self.batch_size]
             caps = torch.from_numpy(caption_idx[sel])
             slots = torch.from_numpy(slot[sel])
             t_len = int(self.text_lengths[caption_idx[sel]].max())
             r_len = int(counts[slot[sel]].max())
-            batch = {
+            yield sel, {
                 "input_ids": self.input_ids[caps, :t_len],
                 "attention_mask": self.attention_mask[caps, :t_len],
                 "region_features": regions["region_features"][slots, :r_len],
                 "region_locations": regions["region_locations"][slots, :r_len],
                 "region_mask": regions["region_mask"][slots, :r_len],
             }
-            if self.buckets is not None:
-                batch = self.buckets.pad(batch)
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with autocast(self.device, self.dtype):
-                scores = forward(**batch).scores
-            out[sel] = scores[: len(sel)].float().cpu().numpy()
-            self.passes += len(sel)
-            if self.on_batch is not None:
-                self.on_batch(len(sel))
+
+    def _calibration_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """int8-static's calibration sample: `CALIBRATION_PAIRS` (caption, image) pairs drawn with a fixed seed
+        from the gallery, so the same gallery always gives the same scales (and the same scores)."""
+        rng = np.random.default_rng(0)
+        n = min(CALIBRATION_PAIRS, self.gallery.num_captions * self.gallery.num_images)
+        captions = rng.integers(0, self.gallery.num_captions, size=n)
+        images = rng.integers(0, self.gallery.num_images, size=n)
+        for _, batch in self._batches(captions, images):
+            yield {k: v.to(self.device) for k, v in batch.items()}
 
 
 @torch.no_grad()
