@@ -109,6 +109,12 @@ def test_custom_karpathy_captions_through_the_cli(tmp_path, tiny_bert_path, monk
     int8 = np.load(next((tmp_path / "eval_int8" / "score_cache").rglob("scores.npy")))
     assert int8.shape == (8, 4) and not np.array_equal(int8, fp32)
     assert np.abs(fp32 - int8).max() < 0.1 * max(1.0, np.abs(fp32).max())
+    # calibrated int8 (torchao, compiled stack) through the same flag
+    assert main(["evaluate", "--checkpoint", final, "--dataset", "mydata/mine.yaml", "--protocol", "flickr1k",
+                 "--weights", "int8-static", "--batch-size", "32", "--out", "eval_int8_static"]) == 0  # fmt: skip
+    static = np.load(next((tmp_path / "eval_int8_static" / "score_cache").rglob("scores.npy")))
+    assert static.shape == (8, 4) and not np.array_equal(static, fp32)
+    assert np.abs(fp32 - static).max() < 0.1 * max(1.0, np.abs(fp32).max())
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", final, "--dataset", "mydata/mine.yaml", "--weights", "int8",
                  "--precision", "bf16"]) == 2  # fmt: skip

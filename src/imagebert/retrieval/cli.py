@@ -57,10 +57,13 @@ class EvaluateSettings:
         "run redoes little)"))  # fmt: skip
     setting: Literal["zero-shot", "fine-tuned"] | None = field(default=None, metadata=meta(
         "which paper rows to compare with (default: from the checkpoint)"))  # fmt: skip
-    weights: Literal["fp32", "bf16", "int8"] = field(default="fp32", metadata=meta(
+    weights: Literal["fp32", "bf16", "int8", "int8-static"] = field(default="fp32", metadata=meta(
         "bf16: keep the encoder's weights in bf16 when --precision bf16 (no per-matmul casts; the score head "
         "stays fp32); int8: the encoder layers run int8 matmuls on a CPU in fp32 precision (the lever for CPUs "
-        "without bf16 kernels; embeddings and score head stay fp32): faster scoring, see BENCHMARKS.md"))  # fmt: skip
+        "without bf16 kernels; embeddings and score head stay fp32): faster scoring, see BENCHMARKS.md; "
+        "int8-static: int8 with activation scales calibrated on a seeded sample of the gallery and the layer "
+        "stack compiled (CPU, needs imagebert[int8]): faster again once the minutes of compiling pay back, "
+        "for long evaluations"))  # fmt: skip
     compile: Literal["off", "on", "auto"] = field(default="off", metadata=meta(
         "torch.compile the cross-encoder (auto: on for long CUDA runs; on a CPU the compile time rarely pays "
         "back)"))  # fmt: skip
@@ -81,14 +84,23 @@ class EvaluateSettings:
                             ("--batch-size", self.batch_size), ("--fold-size", self.fold_size)):  # fmt: skip
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
-        if self.weights == "int8":
+        from imagebert.retrieval.scorers import INT8_WEIGHTS
+
+        if self.weights in INT8_WEIGHTS:
             from imagebert.runtime.quantize import int8_setting_conflict
 
             conflict = int8_setting_conflict(
-                device=self.device, precision=self.precision, compile=self.compile
+                device=self.device, precision=self.precision, compile=self.compile, weights=self.weights
             )
             if conflict:
                 raise ConfigError(conflict)
+        if self.weights == "int8-static":
+            from imagebert.runtime.int8_static import require_static_int8_runtime
+
+            try:
+                require_static_int8_runtime("cpu")  # torchao importable, before any model loads
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
         parse_threads(self.threads)
 
 
@@ -171,7 +183,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if (args.resume or args.overwrite) and s.out is None:
         raise CliError("--resume and --overwrite need --out")
     dataset = s.dataset  # a shipped name is already its file (config_utils: `config="datasets"` fields)
-    device = "cpu" if s.weights == "int8" and s.device == "auto" else s.device  # int8 kernels are CPU kernels
+    from imagebert.retrieval.scorers import INT8_WEIGHTS
+
+    int8 = s.weights in INT8_WEIGHTS
+    device = "cpu" if int8 and s.device == "auto" else s.device  # int8 kernels are CPU kernels
     opts = EvalOptions(mode=s.mode, ks_fast=list(s.k), fold_size=s.fold_size, device=device, precision=s.precision,
                        batch_size=s.batch_size, block_captions=s.block[0], block_images=s.block[1],
                        weights=s.weights, compile=s.compile, attention=s.attention)  # fmt: skip

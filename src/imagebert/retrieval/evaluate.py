@@ -25,7 +25,13 @@ from imagebert.retrieval.engine import score_matrix
 from imagebert.retrieval.metrics import DEFAULT_KS, RecallResult, fold_indices, mean_results, recall_at_k
 from imagebert.retrieval.paper import markdown_table
 from imagebert.retrieval.rerank import candidate_mask, rerank_recall
-from imagebert.retrieval.scorers import Gallery, ModelPairScorer, embed_gallery, first_stage_scores
+from imagebert.retrieval.scorers import (
+    INT8_WEIGHTS,
+    Gallery,
+    ModelPairScorer,
+    embed_gallery,
+    first_stage_scores,
+)
 from imagebert.runtime.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -49,7 +55,8 @@ class EvalOptions:
     block_captions: int = 250
     block_images: int = 50
     # fp32 | bf16 (bf16-resident encoder weights when precision is bf16, score head fp32) | int8 (the encoder
-    # layers' Linear modules int8 on a CPU, fp32 activations; imagebert.runtime.quantize)
+    # layers' Linear modules int8 on a CPU, fp32 activations; imagebert.runtime.quantize) | int8-static (the
+    # layer stack int8 with calibrated activation scales, compiled; imagebert.runtime.int8_static)
     weights: str = "fp32"
     compile: str = "off"  # off | on | auto (auto: on for CUDA runs of at least COMPILE_AUTO_MIN_PAIRS pairs)
     attention: str = "sdpa"  # sdpa | eager | auto (eager on a CPU in bf16), imagebert.runtime.attention
@@ -209,7 +216,8 @@ def evaluate_gallery(
     device = next(model.parameters()).device
     before = getattr(model.config, "_attn_implementation", "sdpa")
     # int8 weights score in fp32 activations whatever "auto" would pick (ModelPairScorer does the same)
-    scoring_precision = "fp32" if opts.weights == "int8" and opts.precision == "auto" else opts.precision
+    int8 = opts.weights in INT8_WEIGHTS
+    scoring_precision = "fp32" if int8 and opts.precision == "auto" else opts.precision
     impl = set_attention(model, opts.attention, device, resolve_precision(scoring_precision, device))
     try:
         return _evaluate_gallery(model, collator, gallery, protocol, replace(opts, attention=impl))

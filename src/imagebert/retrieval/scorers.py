@@ -164,13 +164,15 @@ class ModelPairScorer:
         compile: str | bool = "off",
         sort_pairs: bool = True,
         on_batch: Callable[[int], None] | None = None,
+        int8_sequence_multiple: int | None = None,
     ) -> None:
         """`weights`: "fp32" scores with the model's own parameters under autocast; "bf16" keeps a bf16 copy of
         the encoder resident (no per-forward weight casts; the score head stays fp32) when `precision` resolves
         to bf16; "int8" keeps a copy whose encoder layers run int8 matmuls (CPU, fp32 precision only:
         `imagebert.runtime.quantize`); "int8-static" one whose layer stack is int8 with activation scales
         calibrated on `CALIBRATION_PAIRS` seeded pairs of the gallery and compiled (CPU, torchao:
-        `imagebert.runtime.int8_static`). The copies are snapshots taken here (call `refresh_weights()` after the
+        `imagebert.runtime.int8_static`; `int8_sequence_multiple` overrides the sequence padding its compiled
+        shapes use, default `STATIC_INT8_SEQUENCE_MULTIPLE`). The copies are snapshots taken here (call `refresh_weights()` after the
         model changes). `compile`: "off",
         "on" or "auto" (on for CUDA), see `imagebert.runtime.compile`; compiled batches are padded to bucketed
         shapes so they do not recompile per batch. `sort_pairs` False keeps the caller's order (for measuring
@@ -183,10 +185,13 @@ class ModelPairScorer:
         self.device = torch.device(device)
         # int8 weights take fp32 activations, so "auto" means fp32 for them (an explicit bf16 is refused below)
         self.dtype = (
-            None if weights in INT8_WEIGHTS and precision == "auto" else resolve_precision(precision, self.device)
+            None
+            if weights in INT8_WEIGHTS and precision == "auto"
+            else resolve_precision(precision, self.device)
         )
         self.batch_size = batch_size
         self.weights = weights
+        self.int8_sequence_multiple = int8_sequence_multiple
         self.sort_pairs = sort_pairs
         self.on_batch = on_batch
         text = collator.encode_text(gallery.texts)
@@ -228,7 +233,12 @@ class ModelPairScorer:
         if self.weights == "int8-static":
             from imagebert.runtime.int8_static import calibrated_int8_copy
 
-            self._resident = calibrated_int8_copy(self.model, self._calibration_batches())
+            multiple = (
+                {}
+                if self.int8_sequence_multiple is None
+                else {"sequence_multiple": self.int8_sequence_multiple}
+            )
+            self._resident = calibrated_int8_copy(self.model, self._calibration_batches(), **multiple)
             self._compiled_forward = None
             return
         resident = copy.deepcopy(self.model).eval().to(torch.bfloat16)
@@ -289,13 +299,16 @@ class ModelPairScorer:
             slots = torch.from_numpy(slot[sel])
             t_len = int(self.text_lengths[caption_idx[sel]].max())
             r_len = int(counts[slot[sel]].max())
-            yield sel, {
-                "input_ids": self.input_ids[caps, :t_len],
-                "attention_mask": self.attention_mask[caps, :t_len],
-                "region_features": regions["region_features"][slots, :r_len],
-                "region_locations": regions["region_locations"][slots, :r_len],
-                "region_mask": regions["region_mask"][slots, :r_len],
-            }
+            yield (
+                sel,
+                {
+                    "input_ids": self.input_ids[caps, :t_len],
+                    "attention_mask": self.attention_mask[caps, :t_len],
+                    "region_features": regions["region_features"][slots, :r_len],
+                    "region_locations": regions["region_locations"][slots, :r_len],
+                    "region_mask": regions["region_mask"][slots, :r_len],
+                },
+            )
 
     def _calibration_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """int8-static's calibration sample: `CALIBRATION_PAIRS` (caption, image) pairs drawn with a fixed seed

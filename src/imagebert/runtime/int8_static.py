@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -29,21 +30,26 @@ from torch import nn
 
 __all__ = ["STATIC_INT8_SEQUENCE_MULTIPLE", "calibrated_int8_copy", "require_static_int8_runtime"]
 
-# sequences are padded (masked) to a multiple of this so the compiled stack meets a few shapes, not one per batch
-STATIC_INT8_SEQUENCE_MULTIPLE = 16
+# sequences are padded (masked) to a multiple of this so the compiled stack meets a few shapes, not one per batch.
+# 4, not compile_layers' 16: the padding is int8 work too, and on the demo's short sequences (14-31 positions) a
+# multiple of 16 cost more than the int8 kernels saved (benchmarks/bench_int8.py part C measures both)
+STATIC_INT8_SEQUENCE_MULTIPLE = 4
 INSTALL_HINT = "pip install 'imagebert[int8]'"
 
 
 @contextlib.contextmanager
 def _quiet_torchao_import() -> Iterator[None]:
-    """torchao logs a warning for each CUDA-only extension it cannot load on a CPU build; those say nothing here."""
-    log = logging.getLogger("torchao")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    """torchao logs a warning for each CUDA-only extension it cannot load on a CPU build, and torch one about an
+    enum torchao registers; none of them says anything to a CPU user."""
+    logs = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
 
 
 def _pt2e() -> tuple[Any, Any, Any, Any]:
@@ -115,22 +121,35 @@ class CalibratedInt8Layers(nn.Module):
 
         limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
         # freezing folds the int8 weights into the graph: what lets inductor pick the packed oneDNN kernels
-        with inductor_config.patch(freezing=True), torch._dynamo.config.patch({limit: 256}):
+        with (
+            inductor_config.patch(freezing=True),
+            torch._dynamo.config.patch({limit: 256}),
+            warnings.catch_warnings(),
+        ):
+            # inductor's oneDNN lowering copies its weight zero points with torch.tensor(tensor), which warns once
+            # per compiled product; nothing a user can act on
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
             return self._compiled(hidden, _as_bool_mask(hidden, mask))
 
 
 @torch.no_grad()
-def calibrated_int8_copy(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> nn.Module:
+def calibrated_int8_copy(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    sequence_multiple: int = STATIC_INT8_SEQUENCE_MULTIPLE,
+) -> nn.Module:
     """A deep copy of an `ImageBertForRetrieval`-like model (eval, fp32, SDPA attention) whose encoder layers are
     replaced by one `CalibratedInt8Layers`; activation ranges come from running `batches` (model-input dicts,
-    e.g. a sample of the gallery's pairs) through the fp32 copy. ValueError when torchao is missing or no batch
-    is given."""
+    e.g. a sample of the gallery's pairs) through the fp32 copy; sequences are padded to `sequence_multiple`.
+    ValueError when torchao is missing or no batch is given."""
+    if sequence_multiple < 1:
+        raise ValueError(f"int8-static: sequence_multiple must be >= 1, got {sequence_multiple}")
     prepare_pt2e, convert_pt2e, allow_train_eval, x86q = _pt2e()
     resident = copy.deepcopy(model).eval().float()
     if getattr(resident.config, "_attn_implementation", None) != "sdpa":
         resident.set_attn_implementation("sdpa")
     core = resident.bert
-    core.sequence_multiple = STATIC_INT8_SEQUENCE_MULTIPLE
+    core.sequence_multiple = int(sequence_multiple)
     layers = core.encoder.layer
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 

@@ -50,15 +50,21 @@ def require_int8_runtime(device: torch.device | str) -> None:
         raise ValueError(f"int8 weights: this torch build has no quantized engine (supported: {engines})")
 
 
-def int8_setting_conflict(*, device: str, precision: str, compile: str = "off") -> str | None:
-    """Why a command's settings cannot run with int8 weights (None when they can): the one rule the CLIs share,
-    checked before any model loads. int8 weights take fp32 activations on a CPU, uncompiled."""
+def int8_setting_conflict(
+    *, device: str, precision: str, compile: str = "off", weights: str = "int8"
+) -> str | None:
+    """Why a command's settings cannot run with int8 weights (`weights` "int8" or "int8-static"; None when they
+    can): the one rule the CLIs share, checked before any model loads. int8 weights take fp32 activations on a
+    CPU, without --compile on (int8-static compiles its own layer stack)."""
+    flag = f"--weights {weights}"
     if precision in ("bf16", "fp16"):
-        return f"--weights int8 runs in fp32 activations; drop --precision {precision} (or use fp32 / auto)"
+        return f"{flag} runs in fp32 activations; drop --precision {precision} (or use fp32 / auto)"
     if device != "auto" and torch.device(device).type != "cpu":  # "auto" means the CPU for int8
-        return f"--weights int8 runs on a CPU only, not --device {device}; on a GPU use --precision bf16 --weights bf16"
+        return (
+            f"{flag} runs on a CPU only, not --device {device}; on a GPU use --precision bf16 --weights bf16"
+        )
     if compile == "on":
-        return "--weights int8 and --compile on do not combine (use --compile off)"
+        return f"{flag} and --compile on do not combine (use --compile off)"
     return None
 
 
