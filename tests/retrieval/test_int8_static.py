@@ -17,7 +17,7 @@ import torch
 
 from imagebert.retrieval.scorers import Gallery, ModelPairScorer
 from imagebert.runtime.quantize import int8_setting_conflict
-from tests.retrieval.conftest import make_records, tiny_checkpoint, tiny_model_and_collator  # noqa: F401 (fixtures)
+from tests.retrieval.conftest import make_records
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +49,14 @@ def test_static_int8_scores_close_to_fp32_the_same_every_time_and_leaves_the_mod
     np.testing.assert_allclose(shuffled, first[perm], atol=1e-4)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert all(
-        type(layer).__name__ != "CalibratedInt8Layers" for layer in model.bert.encoder.layer
-    ), "the caller's encoder was replaced"
+    assert all(type(layer).__name__ != "CalibratedInt8Layers" for layer in model.bert.encoder.layer), (
+        "the caller's encoder was replaced"
+    )
 
 
-def test_a_second_scorer_on_the_same_gallery_calibrates_to_the_same_scores(tiny_model_and_collator, gallery_pairs):
+def test_a_second_scorer_on_the_same_gallery_calibrates_to_the_same_scores(
+    tiny_model_and_collator, gallery_pairs
+):
     model, collator = tiny_model_and_collator
     g, caps, imgs = gallery_pairs
     one = ModelPairScorer(model, collator, g, weights="int8-static", batch_size=64).score_pairs(caps, imgs)
@@ -91,7 +93,9 @@ def test_the_settings_rule_covers_int8_static():
         ({"compile": "on"}, "do not combine"),
     ],
 )
-def test_the_scorer_refuses_what_int8_static_cannot_do(tiny_model_and_collator, gallery_pairs, kwargs, message):
+def test_the_scorer_refuses_what_int8_static_cannot_do(
+    tiny_model_and_collator, gallery_pairs, kwargs, message
+):
     model, collator = tiny_model_and_collator
     g, _, _ = gallery_pairs
     with pytest.raises(ValueError, match=message):
