@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import paired_ratio, run_interleaved, write_outputs
+from benchmarks.timing import fmt_spread, paired_ratio, run_interleaved, timed, write_outputs
 from imagebert.data.types import RegionRecord
 
 WORDS = [
@@ -556,9 +556,12 @@ SCORER_SETTINGS = {
 
 
 def build_scorers(sizes: Sizes, settings: dict[str, dict], *, pairs: int = 128, batch_size: int = 128,
-                  variable_regions: bool = False) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:  # fmt: skip
+                  variable_regions: bool = False,
+                  build_times: dict[str, tuple[float, float]] | None = None,
+                  ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:  # fmt: skip
     """One retrieval model and gallery, a `ModelPairScorer` per setting (its keyword arguments), and the pairs to
-    score: every caption against every image, cut to `pairs`."""
+    score: every caption against every image, cut to `pairs`. `build_times`, when given, receives each scorer's
+    (CPU s, wall s) of construction (where an int8 copy is quantised and calibrated)."""
     from imagebert.data.collate import PairCollator
     from imagebert.modeling import load_tokenizer
     from imagebert.retrieval.scorers import ModelPairScorer
@@ -572,18 +575,26 @@ def build_scorers(sizes: Sizes, settings: dict[str, dict], *, pairs: int = 128, 
     model = build_retrieval(sizes)
     cap = np.repeat(np.arange(gallery.num_captions), gallery.num_images)[:pairs]
     img = np.tile(np.arange(gallery.num_images), gallery.num_captions)[:pairs]
-    scorers = {name: ModelPairScorer(model, collator, gallery, batch_size=batch_size, **kw)
-               for name, kw in settings.items()}  # fmt: skip
+    scorers = {}
+    for name, kw in settings.items():
+        cpu, wall, scorers[name] = timed(
+            lambda kw=kw: ModelPairScorer(model, collator, gallery, batch_size=batch_size, **kw)
+        )
+        if build_times is not None:
+            build_times[name] = (cpu, wall)
     return scorers, cap, img
 
 
 def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128, settings: dict | None = None,
                        variable_regions: bool = False, warmup: int = 3, min_reps: int = 3, max_reps: int = 6,
-                       target_spread: float = 0.05) -> dict[str, Any]:  # fmt: skip
-    """Pairs/s through the scorer `imagebert evaluate` runs (`ModelPairScorer.score_pairs`), interleaved."""
+                       target_spread: float = 0.05, time_setup: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Pairs/s through the scorer `imagebert evaluate` runs (`ModelPairScorer.score_pairs`), interleaved.
+    `time_setup`: also record each setting's set-up, construction plus its first call (where a compiled setting
+    compiles), as `setup_cpu_s` / `setup_wall_s`; that first call is then the first warm-up round."""
     settings = settings or SCORER_SETTINGS
+    build_times: dict[str, tuple[float, float]] = {}
     scorers, cap, img = build_scorers(sizes, settings, pairs=pairs, batch_size=batch_size,
-                                      variable_regions=variable_regions)  # fmt: skip
+                                      variable_regions=variable_regions, build_times=build_times)  # fmt: skip
     scores: dict[str, np.ndarray] = {}
 
     def make(name: str) -> Callable[[], None]:
@@ -592,6 +603,12 @@ def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128,
 
         return step
 
+    setup: dict[str, tuple[float, float]] = {}
+    if time_setup:
+        for name in scorers:
+            cpu, wall, _ = timed(make(name))
+            setup[name] = (build_times[name][0] + cpu, build_times[name][1] + wall)
+        warmup = max(0, warmup - 1)
     series = run_interleaved({n: make(n) for n in scorers}, warmup=warmup, min_reps=min_reps, max_reps=max_reps,
                              target_spread=target_spread, log=lambda m: _log(f"scoring {m}"))  # fmt: skip
     first = next(iter(scorers))
@@ -604,8 +621,35 @@ def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128,
         row["max_abs_score_diff_vs_" + first] = float(np.abs(scores[name] - scores[first]).max())
         row["vs_" + first] = paired_ratio(series[first], s)
         row["kwargs"] = settings[name]
+        if name in setup:
+            row["setup_cpu_s"], row["setup_wall_s"] = setup[name]
         out["settings"][name] = row
     return out
+
+
+def scoring_settings_table(sc: dict[str, Any]) -> list[str]:
+    """The markdown table of a `scoring_comparison` result, one row per setting (with the set-up columns when it
+    was timed): the one layout every page that compares scorer settings prints."""
+    first = next(iter(sc["settings"]))
+    with_setup = any("setup_wall_s" in t for t in sc["settings"].values())
+    head = "| setting | scorer arguments | reps | pairs/CPU-s | spread | pairs/wall-s | spread | "
+    head += f"speed-up vs {first} (CPU, per round) | max abs score diff vs {first} |"
+    rule = "|---|---|---|---|---|---|---|---|---|"
+    if with_setup:
+        head += " set-up: build + first call, CPU s / wall s |"
+        rule += "---|"
+    lines = [head, rule]
+    for name, t in sc["settings"].items():
+        v = t["vs_" + first]
+        line = (
+            f"| {name} | `{t['kwargs']}` | {t['reps']} | {t['pairs_per_cpu_s']:.2f} | {_pct(t['cpu_spread'])} | "
+            f"{t['pairs_per_wall_s']:.2f} | {_pct(t['wall_spread'])} | {v['median']:.3f}x ({_pct(v['spread'])}) | "
+            f"{t['max_abs_score_diff_vs_' + first]:.2e} |"
+        )
+        if with_setup:
+            line += f" {t['setup_cpu_s']:.1f} / {t['setup_wall_s']:.1f} |" if "setup_wall_s" in t else " |"
+        lines.append(line)
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -739,8 +783,6 @@ def run_all(sizes: Sizes, *, precisions: list[str] | None = None, min_reps: int 
 
 
 def _pct(x: float) -> str:
-    from benchmarks.timing import fmt_spread
-
     return fmt_spread(x)
 
 
@@ -803,24 +845,14 @@ def to_markdown(report: dict[str, Any]) -> str:
         sc = report.get(key)
         if not sc:
             continue
-        first = next(iter(sc["settings"]))
         lines += [
             "",
             f"### {title}",
             "",
             f"{sc['pairs']} pairs per repetition, batch {sc['batch_size']}, fp32 score head in every setting.",
             "",
-            f"| setting | scorer arguments | reps | pairs/CPU-s | spread | pairs/wall-s | spread | "
-            f"speed-up vs {first} (CPU, per round) | max abs score diff vs {first} |",
-            "|---|---|---|---|---|---|---|---|---|",
+            *scoring_settings_table(sc),
         ]
-        for name, t in sc["settings"].items():
-            v = t["vs_" + first]
-            lines.append(
-                f"| {name} | `{t['kwargs']}` | {t['reps']} | {t['pairs_per_cpu_s']:.2f} | {_pct(t['cpu_spread'])} | "
-                f"{t['pairs_per_wall_s']:.2f} | {_pct(t['wall_spread'])} | {v['median']:.3f}x ({_pct(v['spread'])}) | "
-                f"{t['max_abs_score_diff_vs_' + first]:.2e} |"
-            )
     st = report.get("store")
     if st:
         lines += ["", "### Data loading", "", "| data | samples/s |", "|---|---|",

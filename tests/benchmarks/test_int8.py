@@ -1,7 +1,8 @@
 """The int8 page: all three parts run, on a real (tiny) checkpoint and dataset, and the collector accepts it.
 
 What can fail: a product shape or kernel row missing, the int8 scorer silently scoring with the fp32 model (its
-scores would equal the defaults'), part C not evaluating both settings or dropping their recall, the page
+scores would equal the defaults'), the static setting's compile missing from its set-up, part C not evaluating
+every setting or dropping their recall, the page
 lacking its Command:/Machine: lines.
 """
 
@@ -34,12 +35,16 @@ def test_int8_page_times_products_scorer_and_checkpoint(tmp_path, tiny_checkpoin
         assert all(shape[k]["rate_vs_fp32"]["median"] > 0 for k in int8)
 
     scoring = report["scoring"]["settings"]
-    assert list(scoring) == ["defaults", "int8 weights"]
-    assert scoring["int8 weights"]["max_abs_score_diff_vs_defaults"] > 0  # it really ran the int8 copy
+    assert list(scoring) == ["defaults", "int8 weights", "int8-static weights"]
+    for name in ("int8 weights", "int8-static weights"):
+        assert scoring[name]["max_abs_score_diff_vs_defaults"] > 0  # it really ran the int8 copy
+    # set-up timed for every setting, and the static one's includes its compile
+    assert all(row["setup_wall_s"] > 0 for row in scoring.values())
+    assert scoring["int8-static weights"]["setup_wall_s"] > scoring["defaults"]["setup_wall_s"]
 
     demo = report["demo"]
     assert demo["captions"] == 20 and demo["images"] == 4
-    for name in ("defaults", "int8 weights"):
+    for name in ("defaults", "int8 weights", "int8-static weights"):
         row = demo["rows"][name]
         assert len(row["cpu"]) == 1 and 0 <= row["ir"]["R@1"] <= row["ir"]["R@10"] <= 100
         assert f"| {name} |" in page.split("## C.")[1]
