@@ -7,6 +7,9 @@ transformers at start-up.
 from __future__ import annotations
 
 from imagebert._lazy import lazy_getattr
+from imagebert.runtime.noise import install_log_filters
+
+install_log_filters()  # before transformers or torch.compile can import torchao
 
 __version__ = "0.1.0"
 

@@ -18,11 +18,9 @@ the score head stay fp32, and the caller's model is not touched (the work is don
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -37,29 +35,14 @@ STATIC_INT8_SEQUENCE_MULTIPLE = 4
 INSTALL_HINT = "pip install 'imagebert[int8]'"
 
 
-@contextlib.contextmanager
-def _quiet_torchao_import() -> Iterator[None]:
-    """torchao logs a warning for each CUDA-only extension it cannot load on a CPU build, and torch one about an
-    enum torchao registers; none of them says anything to a CPU user."""
-    logs = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [log.level for log in logs]
-    for log in logs:
-        log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for log, level in zip(logs, levels, strict=True):
-            log.setLevel(level)
-
-
 def _pt2e() -> tuple[Any, Any, Any, Any]:
     """(prepare_pt2e, convert_pt2e, allow_exported_model_train_eval, x86_inductor_quantizer module); ValueError
     naming the extra when torchao is absent."""
     try:
-        with _quiet_torchao_import():
-            import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86q
-            from torchao.quantization.pt2e import allow_exported_model_train_eval
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        # (the import's log noise is filtered by imagebert.runtime.noise, installed with the package)
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86q
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as exc:
         raise ValueError(
             f"--weights int8-static needs torchao's PT2E quantisation, which did not import ({exc}): "
