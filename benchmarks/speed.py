@@ -578,7 +578,8 @@ def build_scorers(sizes: Sizes, settings: dict[str, dict], *, pairs: int = 128, 
     scorers = {}
     for name, kw in settings.items():
         cpu, wall, scorers[name] = timed(
-            lambda kw=kw: ModelPairScorer(model, collator, gallery, batch_size=batch_size, **kw)
+            lambda kw=kw: ModelPairScorer(model, collator, gallery, batch_size=batch_size, **kw),
+            with_children=True,
         )
         if build_times is not None:
             build_times[name] = (cpu, wall)
@@ -606,7 +607,7 @@ def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128,
     setup: dict[str, tuple[float, float]] = {}
     if time_setup:
         for name in scorers:
-            cpu, wall, _ = timed(make(name))
+            cpu, wall, _ = timed(make(name), with_children=True)  # a compile's C++ compiler is a child
             setup[name] = (build_times[name][0] + cpu, build_times[name][1] + wall)
         warmup = max(0, warmup - 1)
     series = run_interleaved({n: make(n) for n in scorers}, warmup=warmup, min_reps=min_reps, max_reps=max_reps,

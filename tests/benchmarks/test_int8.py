@@ -44,7 +44,12 @@ def test_int8_page_times_products_scorer_and_checkpoint(tmp_path, tiny_checkpoin
 
     demo = report["demo"]
     assert demo["captions"] == 20 and demo["images"] == 4
-    for name in ("defaults", "int8 weights", "int8-static weights"):
+    for name in (
+        "defaults",
+        "int8 weights",
+        "int8-static weights",
+        "int8-static weights, compile cache warm",
+    ):
         row = demo["rows"][name]
         assert len(row["cpu"]) == 1 and 0 <= row["ir"]["R@1"] <= row["ir"]["R@10"] <= 100
         assert f"| {name} |" in page.split("## C.")[1]
