@@ -5,8 +5,8 @@ Why beside `imagebert.runtime.quantize`'s dynamic int8: the dynamic Linear measu
 call and runs each product as its own kernel, with GELU, the residual adds and LayerNorm in eager fp32 between
 them. Here the ranges are fixed by a calibration pass, and inductor fuses the quantise / dequantise steps and the
 elementwise work into the int8 products (`torch.ops.onednn.qlinear_pointwise`). On the AVX2-only development host
-that made the demo model's layer stack 1.6-1.8x faster than fp32 against 1.4x for the dynamic Linear
-(`benchmarks/bench_int8.py`, `int8.md`). The price: torch.compile once per (batch, sequence) shape (tens of seconds
+its steady state scored faster than the dynamic Linear's (`benchmarks/bench_int8.py`, `int8.md` has the figures,
+set-up included). The price: torch.compile once per (batch, sequence) shape (tens of seconds
 per shape; the scorer pads batches and sequences so the shapes are few), scores that depend on the calibration
 sample (the scorer's sample is fixed by the gallery, so a rerun gives the same scores), and the `torchao` package
 (`pip install 'imagebert[int8]'`), where torch's PT2E quantisation lives now.
