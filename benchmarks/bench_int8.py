@@ -49,6 +49,8 @@ from benchmarks.timing import (
     timed,
     write_outputs,
 )
+from imagebert.retrieval.scorers import CALIBRATION_PAIRS
+from imagebert.runtime.int8_static import STATIC_INT8_SEQUENCE_MULTIPLE
 
 
 def _log(msg: str) -> None:
@@ -211,8 +213,9 @@ def render(argv: list[str], sizes: Sizes, rates: dict, scoring: dict, demo: dict
         "encoder's Linear layers (weights int8 per tensor, activations quantised per call, fp32 everywhere else; "
         "`imagebert.runtime.quantize`). int8-static weights: the encoder's layer stack exported and quantised by "
         "torchao's PT2E `X86InductorQuantizer` (weights int8 per channel, activations uint8 per tensor with scales "
-        "calibrated on 512 seeded pairs of the gallery), compiled by inductor with freezing into oneDNN int8 "
-        "kernels; sequences padded to a multiple of 4 (`imagebert.runtime.int8_static`). Inductor compiles in "
+        f"calibrated on {CALIBRATION_PAIRS} seeded pairs of the gallery), compiled by inductor with freezing into "
+        f"oneDNN int8 kernels; sequences padded to a multiple of {STATIC_INT8_SEQUENCE_MULTIPLE} "
+        "(`imagebert.runtime.int8_static`). Inductor compiles in "
         "this process (`compile_threads = 1`, so the compile's CPU time is counted) into a fresh cache.",
         "",
         f"## A. The encoder's products, {rates['rows']} rows (hidden {sizes.hidden}, intermediate "

@@ -643,8 +643,8 @@ def scoring_settings_table(sc: dict[str, Any]) -> list[str]:
     for name, t in sc["settings"].items():
         v = t["vs_" + first]
         line = (
-            f"| {name} | `{t['kwargs']}` | {t['reps']} | {t['pairs_per_cpu_s']:.2f} | {_pct(t['cpu_spread'])} | "
-            f"{t['pairs_per_wall_s']:.2f} | {_pct(t['wall_spread'])} | {v['median']:.3f}x ({_pct(v['spread'])}) | "
+            f"| {name} | `{t['kwargs']}` | {t['reps']} | {t['pairs_per_cpu_s']:.2f} | {fmt_spread(t['cpu_spread'])} | "
+            f"{t['pairs_per_wall_s']:.2f} | {fmt_spread(t['wall_spread'])} | {v['median']:.3f}x ({fmt_spread(v['spread'])}) | "
             f"{t['max_abs_score_diff_vs_' + first]:.2e} |"
         )
         if with_setup:
@@ -783,10 +783,6 @@ def run_all(sizes: Sizes, *, precisions: list[str] | None = None, min_reps: int 
     return report
 
 
-def _pct(x: float) -> str:
-    return fmt_spread(x)
-
-
 def to_markdown(report: dict[str, Any]) -> str:
     """The tables of one run (the caller adds the Command:/Machine: header)."""
     s = report["sizes"]
@@ -817,7 +813,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             for name, t in tr[prec]["settings"].items():
                 lines.append(
                     f"| {prec} | {name} | {t['mlm_head_rows']} | {t['seq_len']} | {t['reps']} | {t['cpu_s']:.3f} | "
-                    f"{_pct(t['cpu_spread'])} | {t['wall_s']:.3f} | {_pct(t['wall_spread'])} | "
+                    f"{fmt_spread(t['cpu_spread'])} | {t['wall_s']:.3f} | {fmt_spread(t['wall_spread'])} | "
                     f"{t['samples_per_cpu_s']:.3f} | {t['flops'] / 1e9:.1f} | {t['gflop_per_cpu_s']:.1f} | "
                     f"{100 * t['utilisation']:.1f}% | {100 * t['utilisation_fwd_rate_only']:.1f}% |"
                 )
@@ -828,8 +824,8 @@ def to_markdown(report: dict[str, Any]) -> str:
                 continue
             r = tr[prec]["ratios"]
             for work, label in (("masked", "MLM on masked tokens only"), ("allpos", "MLM on every position")):
-                lines.append(f"| {prec} | {label} | {r[work]['median']:.3f}x ({_pct(r[work]['spread'])}) | "
-                             f"{r[work + '_wall']['median']:.3f}x ({_pct(r[work + '_wall']['spread'])}) |")  # fmt: skip
+                lines.append(f"| {prec} | {label} | {r[work]['median']:.3f}x ({fmt_spread(r[work]['spread'])}) | "
+                             f"{r[work + '_wall']['median']:.3f}x ({fmt_spread(r[work + '_wall']['spread'])}) |")  # fmt: skip
         lines.append("")
         for prec in ("fp32", "bf16"):
             if prec not in tr:

@@ -185,8 +185,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     dataset = s.dataset  # a shipped name is already its file (config_utils: `config="datasets"` fields)
     from imagebert.retrieval.scorers import INT8_WEIGHTS
 
-    int8 = s.weights in INT8_WEIGHTS
-    device = "cpu" if int8 and s.device == "auto" else s.device  # int8 kernels are CPU kernels
+    device = (
+        "cpu" if s.weights in INT8_WEIGHTS and s.device == "auto" else s.device
+    )  # int8 kernels are CPU kernels
     opts = EvalOptions(mode=s.mode, ks_fast=list(s.k), fold_size=s.fold_size, device=device, precision=s.precision,
                        batch_size=s.batch_size, block_captions=s.block[0], block_images=s.block[1],
                        weights=s.weights, compile=s.compile, attention=s.attention)  # fmt: skip

@@ -26,11 +26,11 @@ from imagebert.retrieval.metrics import DEFAULT_KS, RecallResult, fold_indices, 
 from imagebert.retrieval.paper import markdown_table
 from imagebert.retrieval.rerank import candidate_mask, rerank_recall
 from imagebert.retrieval.scorers import (
-    INT8_WEIGHTS,
     Gallery,
     ModelPairScorer,
     embed_gallery,
     first_stage_scores,
+    scoring_precision,
 )
 from imagebert.runtime.atomic import atomic_write_text
 
@@ -215,10 +215,8 @@ def evaluate_gallery(
 
     device = next(model.parameters()).device
     before = getattr(model.config, "_attn_implementation", "sdpa")
-    # int8 weights score in fp32 activations whatever "auto" would pick (ModelPairScorer does the same)
-    int8 = opts.weights in INT8_WEIGHTS
-    scoring_precision = "fp32" if int8 and opts.precision == "auto" else opts.precision
-    impl = set_attention(model, opts.attention, device, resolve_precision(scoring_precision, device))
+    precision = scoring_precision(opts.weights, opts.precision)  # the scorer's own rule
+    impl = set_attention(model, opts.attention, device, resolve_precision(precision, device))
     try:
         return _evaluate_gallery(model, collator, gallery, protocol, replace(opts, attention=impl))
     finally:

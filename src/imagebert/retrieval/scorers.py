@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from imagebert.data.types import RegionRecord
+from imagebert.runtime.int8_static import STATIC_INT8_SEQUENCE_MULTIPLE
 from imagebert.runtime.modes import eval_mode
 from imagebert.runtime.precision import autocast, resolve_precision  # one precision rule for all
 
@@ -114,6 +115,14 @@ def _no_per_batch_checks(model: torch.nn.Module):
 
 SCORING_WEIGHTS = ("fp32", "bf16", "int8", "int8-static")
 INT8_WEIGHTS = ("int8", "int8-static")
+
+
+def scoring_precision(weights: str, precision: str) -> str:
+    """The precision a scorer runs in: int8 weights take fp32 activations, so "auto" means fp32 for them (an
+    explicit bf16 / fp16 is refused by the scorer, not changed here)."""
+    return "fp32" if weights in INT8_WEIGHTS and precision == "auto" else precision
+
+
 # pairs sampled from the gallery (seeded) whose activations set int8-static's scales
 CALIBRATION_PAIRS = 512
 
@@ -164,15 +173,15 @@ class ModelPairScorer:
         compile: str | bool = "off",
         sort_pairs: bool = True,
         on_batch: Callable[[int], None] | None = None,
-        int8_sequence_multiple: int | None = None,
+        int8_sequence_multiple: int = STATIC_INT8_SEQUENCE_MULTIPLE,
     ) -> None:
         """`weights`: "fp32" scores with the model's own parameters under autocast; "bf16" keeps a bf16 copy of
         the encoder resident (no per-forward weight casts; the score head stays fp32) when `precision` resolves
         to bf16; "int8" keeps a copy whose encoder layers run int8 matmuls (CPU, fp32 precision only:
         `imagebert.runtime.quantize`); "int8-static" one whose layer stack is int8 with activation scales
         calibrated on `CALIBRATION_PAIRS` seeded pairs of the gallery and compiled (CPU, torchao:
-        `imagebert.runtime.int8_static`; `int8_sequence_multiple` overrides the sequence padding its compiled
-        shapes use, default `STATIC_INT8_SEQUENCE_MULTIPLE`). The copies are snapshots taken here (call `refresh_weights()` after the
+        `imagebert.runtime.int8_static`; `int8_sequence_multiple` is the sequence padding its compiled shapes
+        use). The copies are snapshots taken here (call `refresh_weights()` after the
         model changes). `compile`: "off",
         "on" or "auto" (on for CUDA), see `imagebert.runtime.compile`; compiled batches are padded to bucketed
         shapes so they do not recompile per batch. `sort_pairs` False keeps the caller's order (for measuring
@@ -183,12 +192,7 @@ class ModelPairScorer:
         self.collator = collator
         self.gallery = gallery
         self.device = torch.device(device)
-        # int8 weights take fp32 activations, so "auto" means fp32 for them (an explicit bf16 is refused below)
-        self.dtype = (
-            None
-            if weights in INT8_WEIGHTS and precision == "auto"
-            else resolve_precision(precision, self.device)
-        )
+        self.dtype = resolve_precision(scoring_precision(weights, precision), self.device)
         self.batch_size = batch_size
         self.weights = weights
         self.int8_sequence_multiple = int8_sequence_multiple
@@ -233,12 +237,9 @@ class ModelPairScorer:
         if self.weights == "int8-static":
             from imagebert.runtime.int8_static import calibrated_int8_copy
 
-            multiple = (
-                {}
-                if self.int8_sequence_multiple is None
-                else {"sequence_multiple": self.int8_sequence_multiple}
+            self._resident = calibrated_int8_copy(
+                self.model, self._calibration_batches(), sequence_multiple=self.int8_sequence_multiple
             )
-            self._resident = calibrated_int8_copy(self.model, self._calibration_batches(), **multiple)
             self._compiled_forward = None
             return
         resident = copy.deepcopy(self.model).eval().to(torch.bfloat16)

@@ -92,9 +92,8 @@ class CalibratedInt8Layers(nn.Module):
 
     fused_layer_stack = True
 
-    def __init__(self, quantized: nn.Module, num_layers: int) -> None:
+    def __init__(self, quantized: nn.Module) -> None:
         super().__init__()
-        self.num_layers = num_layers
         self.graph_module = quantized
         self._compiled = torch.compile(quantized, dynamic=False)
 
@@ -159,5 +158,5 @@ def calibrated_int8_copy(
         prepared(hidden, mask)
     quantized = convert_pt2e(prepared)
     allow_train_eval(quantized)  # the scorer's eval_mode() calls .eval() on the whole copy
-    core.encoder.layer = nn.ModuleList([CalibratedInt8Layers(quantized, len(layers))])
+    core.encoder.layer = nn.ModuleList([CalibratedInt8Layers(quantized)])
     return resident
