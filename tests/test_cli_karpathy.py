@@ -119,6 +119,9 @@ def test_custom_karpathy_captions_through_the_cli(tmp_path, tiny_bert_path, monk
     assert main(["evaluate", "--checkpoint", final, "--dataset", "mydata/mine.yaml", "--weights", "int8",
                  "--precision", "bf16"]) == 2  # fmt: skip
     assert "--weights int8 runs in fp32 activations" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", final, "--dataset", "mydata/mine.yaml",
+                 "--int8-shapes", "static"]) == 2  # fmt: skip
+    assert "--int8-shapes static applies to --weights int8-static only" in capsys.readouterr().err
     # a typo in the generic layout's settings is caught by name before any work
     (data / "bad.yaml").write_text(
         (data / "mine.yaml").read_text().replace("image_id", "x") + "    imageid: stem\n"

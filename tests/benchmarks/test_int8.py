@@ -35,12 +35,13 @@ def test_int8_page_times_products_scorer_and_checkpoint(tmp_path, tiny_checkpoin
         assert all(shape[k]["rate_vs_fp32"]["median"] > 0 for k in int8)
 
     scoring = report["scoring"]["settings"]
-    assert list(scoring) == ["defaults", "int8 weights", "int8-static weights"]
-    for name in ("int8 weights", "int8-static weights"):
+    static = ("int8-static weights", "int8-static weights, static shapes")
+    assert list(scoring) == ["defaults", "int8 weights", *static]
+    for name in ("int8 weights", *static):
         assert scoring[name]["max_abs_score_diff_vs_defaults"] > 0  # it really ran the int8 copy
-    # set-up timed for every setting, and the static one's includes its compile
+    # set-up timed for every setting, and the calibrated ones' include their compile
     assert all(row["setup_wall_s"] > 0 for row in scoring.values())
-    assert scoring["int8-static weights"]["setup_wall_s"] > scoring["defaults"]["setup_wall_s"]
+    assert all(scoring[name]["setup_wall_s"] > scoring["defaults"]["setup_wall_s"] for name in static)
 
     demo = report["demo"]
     assert demo["captions"] == 20 and demo["images"] == 4
@@ -49,6 +50,8 @@ def test_int8_page_times_products_scorer_and_checkpoint(tmp_path, tiny_checkpoin
         "int8 weights",
         "int8-static weights",
         "int8-static weights, compile cache warm",
+        "int8-static weights, static shapes",
+        "int8-static weights, static shapes, compile cache warm",
     ):
         row = demo["rows"][name]
         assert len(row["cpu"]) == 1 and 0 <= row["ir"]["R@1"] <= row["ir"]["R@10"] <= 100

@@ -64,6 +64,52 @@ def test_a_second_scorer_on_the_same_gallery_calibrates_to_the_same_scores(
     assert np.array_equal(one, two)
 
 
+def _graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_dynamic_shapes_compile_once_for_every_length_and_static_once_per_length(
+    tiny_model_and_collator, gallery_pairs
+):
+    """Batches of four different sequence lengths: after the first length's compile, the default (dynamic) copy
+    compiles nothing more, the static one compiles again for each new length; both score alike (the same
+    quantised stack, only the compiled kernels differ)."""
+    import torch._dynamo
+
+    model, collator = tiny_model_and_collator
+    g, _, _ = gallery_pairs
+    lengths = collator.encode_text(g.texts)["attention_mask"].sum(1).numpy()
+    by_length = [np.flatnonzero(lengths == n) for n in np.unique(lengths)]
+    assert len(by_length) >= 3, "the fixture's captions need several token lengths"
+    scores = {}
+    for shapes in ("dynamic", "static"):
+        # sequence multiple 1 for both, so every text length is its own shape
+        scorer = ModelPairScorer(model, collator, g, weights="int8-static", batch_size=8, int8_shapes=shapes,
+                                 int8_sequence_multiple=1)  # fmt: skip
+        torch._dynamo.reset()
+        scores[shapes], compiled = [], []
+        for rows in by_length:
+            before = _graphs_compiled()
+            scores[shapes].append(scorer.score_pairs(rows, np.zeros(len(rows), dtype=np.int64)))
+            compiled.append(_graphs_compiled() - before)
+        assert compiled[0] > 0, "the first call did not compile"
+        if shapes == "dynamic":
+            assert compiled[1:] == [0] * (len(by_length) - 1), f"dynamic shapes recompiled: {compiled}"
+        else:
+            assert all(n > 0 for n in compiled), f"static shapes reused a graph across lengths: {compiled}"
+    for dyn, stat in zip(scores["dynamic"], scores["static"], strict=True):
+        np.testing.assert_allclose(dyn, stat, atol=1e-3)
+
+
+def test_an_unknown_shapes_mode_is_refused(tiny_model_and_collator, gallery_pairs):
+    model, collator = tiny_model_and_collator
+    g, _, _ = gallery_pairs
+    with pytest.raises(ValueError, match="shapes must be one of"):
+        ModelPairScorer(model, collator, g, weights="int8-static", int8_shapes="ragged")
+
+
 def test_the_fused_copy_refuses_per_layer_outputs(tiny_model_and_collator, gallery_pairs):
     model, collator = tiny_model_and_collator
     g, _, _ = gallery_pairs

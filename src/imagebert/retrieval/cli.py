@@ -64,6 +64,9 @@ class EvaluateSettings:
         "int8-static: int8 with activation scales calibrated on a seeded sample of the gallery and the layer "
         "stack compiled (CPU, needs imagebert[int8]): faster again once the minutes of compiling pay back, "
         "for long evaluations"))  # fmt: skip
+    int8_shapes: Literal["dynamic", "static"] = field(default="dynamic", metadata=meta(
+        "with --weights int8-static: dynamic compiles one graph for every sequence length, static one per "
+        "length (sequences padded to multiples of 4); benchmarks/results/int8.md measures both"))  # fmt: skip
     compile: Literal["off", "on", "auto"] = field(default="off", metadata=meta(
         "torch.compile the cross-encoder (auto: on for long CUDA runs; on a CPU the compile time rarely pays "
         "back)"))  # fmt: skip
@@ -94,6 +97,8 @@ class EvaluateSettings:
             )
             if conflict:
                 raise ConfigError(conflict)
+        if self.int8_shapes != "dynamic" and self.weights != "int8-static":
+            raise ConfigError(f"--int8-shapes {self.int8_shapes} applies to --weights int8-static only")
         if self.weights == "int8-static":
             from imagebert.runtime.int8_static import require_static_int8_runtime
 
@@ -190,7 +195,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     )  # int8 kernels are CPU kernels
     opts = EvalOptions(mode=s.mode, ks_fast=list(s.k), fold_size=s.fold_size, device=device, precision=s.precision,
                        batch_size=s.batch_size, block_captions=s.block[0], block_images=s.block[1],
-                       weights=s.weights, compile=s.compile, attention=s.attention)  # fmt: skip
+                       weights=s.weights, int8_shapes=s.int8_shapes, compile=s.compile,
+                       attention=s.attention)  # fmt: skip
     apply_threads(s.threads)
     lock = None
     try:

@@ -58,6 +58,8 @@ class EvalOptions:
     # layers' Linear modules int8 on a CPU, fp32 activations; imagebert.runtime.quantize) | int8-static (the
     # layer stack int8 with calibrated activation scales, compiled; imagebert.runtime.int8_static)
     weights: str = "fp32"
+    # int8-static only: dynamic (one compiled graph for every sequence length) | static (one per length)
+    int8_shapes: str = "dynamic"
     compile: str = "off"  # off | on | auto (auto: on for CUDA runs of at least COMPILE_AUTO_MIN_PAIRS pairs)
     attention: str = "sdpa"  # sdpa | eager | auto (eager on a CPU in bf16), imagebert.runtime.attention
     progress: bool = True  # a bar on a terminal, a line every 30 s otherwise, and a summary line
@@ -111,7 +113,7 @@ def _scorer(
         compile_setting = "off"
     return ModelPairScorer(model, collator, g, device=opts.device, precision=opts.precision,
                            batch_size=opts.batch_size, weights=opts.weights, compile=compile_setting,
-                           on_batch=bar.update)  # fmt: skip
+                           int8_shapes=opts.int8_shapes, on_batch=bar.update)  # fmt: skip
 
 
 def _numerics(opts: EvalOptions) -> dict:
@@ -120,6 +122,8 @@ def _numerics(opts: EvalOptions) -> dict:
     out = {}
     if opts.weights != "fp32":
         out["resident_weights"] = opts.weights
+    if opts.weights == "int8-static" and opts.int8_shapes != "dynamic":
+        out["int8_shapes"] = opts.int8_shapes
     if opts.compile != "off":
         out["compile"] = opts.compile
     if opts.attention != "sdpa":

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from imagebert.data.types import RegionRecord
-from imagebert.runtime.int8_static import STATIC_INT8_SEQUENCE_MULTIPLE
 from imagebert.runtime.modes import eval_mode
 from imagebert.runtime.precision import autocast, resolve_precision  # one precision rule for all
 
@@ -173,15 +172,16 @@ class ModelPairScorer:
         compile: str | bool = "off",
         sort_pairs: bool = True,
         on_batch: Callable[[int], None] | None = None,
-        int8_sequence_multiple: int = STATIC_INT8_SEQUENCE_MULTIPLE,
+        int8_shapes: str = "dynamic",
+        int8_sequence_multiple: int | None = None,
     ) -> None:
         """`weights`: "fp32" scores with the model's own parameters under autocast; "bf16" keeps a bf16 copy of
         the encoder resident (no per-forward weight casts; the score head stays fp32) when `precision` resolves
         to bf16; "int8" keeps a copy whose encoder layers run int8 matmuls (CPU, fp32 precision only:
         `imagebert.runtime.quantize`); "int8-static" one whose layer stack is int8 with activation scales
         calibrated on `CALIBRATION_PAIRS` seeded pairs of the gallery and compiled (CPU, torchao:
-        `imagebert.runtime.int8_static`; `int8_sequence_multiple` is the sequence padding its compiled shapes
-        use). The copies are snapshots taken here (call `refresh_weights()` after the
+        `imagebert.runtime.int8_static`; `int8_shapes` "dynamic" compiles one graph for every sequence length,
+        "static" one per length, padded to `int8_sequence_multiple`, None = 4 static, 1 dynamic). The copies are snapshots taken here (call `refresh_weights()` after the
         model changes). `compile`: "off",
         "on" or "auto" (on for CUDA), see `imagebert.runtime.compile`; compiled batches are padded to bucketed
         shapes so they do not recompile per batch. `sort_pairs` False keeps the caller's order (for measuring
@@ -195,6 +195,7 @@ class ModelPairScorer:
         self.dtype = resolve_precision(scoring_precision(weights, precision), self.device)
         self.batch_size = batch_size
         self.weights = weights
+        self.int8_shapes = int8_shapes
         self.int8_sequence_multiple = int8_sequence_multiple
         self.sort_pairs = sort_pairs
         self.on_batch = on_batch
@@ -238,8 +239,9 @@ class ModelPairScorer:
             from imagebert.runtime.int8_static import calibrated_int8_copy
 
             self._resident = calibrated_int8_copy(
-                self.model, self._calibration_batches(), sequence_multiple=self.int8_sequence_multiple
-            )
+                self.model, self._calibration_batches(), sequence_multiple=self.int8_sequence_multiple,
+                shapes=self.int8_shapes,
+            )  # fmt: skip
             self._compiled_forward = None
             return
         resident = copy.deepcopy(self.model).eval().to(torch.bfloat16)

@@ -6,9 +6,10 @@ call and runs each product as its own kernel, with GELU, the residual adds and L
 them. Here the ranges are fixed by a calibration pass, and inductor fuses the quantise / dequantise steps and the
 elementwise work into the int8 products (`torch.ops.onednn.qlinear_pointwise`). On the AVX2-only development host
 its steady state scored faster than the dynamic Linear's (`benchmarks/bench_int8.py`, `int8.md` has the figures,
-set-up included). The price: torch.compile once per (batch, sequence) shape (tens of seconds
-per shape; the scorer pads batches and sequences so the shapes are few), scores that depend on the calibration
-sample (the scorer's sample is fixed by the gallery, so a rerun gives the same scores), and the `torchao` package
+set-up included). The price: a torch.compile of the stack (tens of seconds; with `shapes="dynamic"`, the
+default, one graph whose sequence length is symbolic serves every length, with `"static"` one graph per padded
+length; rows are padded to the batch by the scorer either way), scores that depend on the calibration sample (the
+scorer's sample is fixed by the gallery, so a rerun gives the same scores), and the `torchao` package
 (`pip install 'imagebert[int8]'`), where torch's PT2E quantisation lives now.
 
 The quantiser is torchao's `X86InductorQuantizer` with its default static config: weights int8 per output channel,
@@ -26,11 +27,20 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["STATIC_INT8_SEQUENCE_MULTIPLE", "calibrated_int8_copy", "require_static_int8_runtime"]
+__all__ = [
+    "INT8_SHAPES",
+    "STATIC_INT8_SEQUENCE_MULTIPLE",
+    "calibrated_int8_copy",
+    "default_sequence_multiple",
+    "require_static_int8_runtime",
+]
 
-# sequences are padded (masked) to a multiple of this so the compiled stack meets a few shapes, not one per batch.
-# 4, not compile_layers' 16: the padding is int8 work too, and on the demo's short sequences (14-31 positions) a
-# multiple of 16 cost more than the int8 kernels saved (benchmarks/bench_int8.py part C measures both)
+# how the compiled stack meets sequence lengths: "dynamic" compiles one graph with a symbolic length, "static" one
+# graph per (padded) length; benchmarks/bench_int8.py measures both, set-up and steady state
+INT8_SHAPES = ("dynamic", "static")
+# with static shapes, sequences are padded (masked) to a multiple of this so the stack meets a few shapes, not one
+# per batch. 4, not compile_layers' 16: the padding is int8 work too, and on the demo's short sequences (14-31
+# positions) a multiple of 16 cost more than the int8 kernels saved. Dynamic shapes need no padding (multiple 1).
 STATIC_INT8_SEQUENCE_MULTIPLE = 4
 INSTALL_HINT = "pip install 'imagebert[int8]'"
 
@@ -49,6 +59,17 @@ def _pt2e() -> tuple[Any, Any, Any, Any]:
             f"{INSTALL_HINT}, or use --weights int8 (dynamic, no extra package)"
         ) from exc
     return prepare_pt2e, convert_pt2e, allow_exported_model_train_eval, x86q
+
+
+def default_sequence_multiple(shapes: str) -> int:
+    """The sequence padding a `shapes` mode uses unless told otherwise."""
+    _check_shapes(shapes)
+    return STATIC_INT8_SEQUENCE_MULTIPLE if shapes == "static" else 1
+
+
+def _check_shapes(shapes: str) -> None:
+    if shapes not in INT8_SHAPES:
+        raise ValueError(f"int8-static: shapes must be one of {INT8_SHAPES}, got {shapes!r}")
 
 
 def require_static_int8_runtime(device: torch.device | str) -> None:
@@ -92,10 +113,14 @@ class CalibratedInt8Layers(nn.Module):
 
     fused_layer_stack = True
 
-    def __init__(self, quantized: nn.Module) -> None:
+    def __init__(self, quantized: nn.Module, shapes: str = "dynamic") -> None:
         super().__init__()
+        _check_shapes(shapes)
         self.graph_module = quantized
-        self._compiled = torch.compile(quantized, dynamic=False)
+        self.shapes = shapes
+        # dynamic: the sequence dimensions are marked symbolic on every call (rows stay static, the scorer pads
+        # them to its batch), so one graph serves every length; static: one graph per length
+        self._compiled = torch.compile(quantized, dynamic=None if shapes == "dynamic" else False)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         import torch._dynamo
@@ -111,19 +136,30 @@ class CalibratedInt8Layers(nn.Module):
             # inductor's oneDNN lowering copies its weight zero points with torch.tensor(tensor), which warns once
             # per compiled product; nothing a user can act on
             warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
-            return self._compiled(hidden, _as_bool_mask(hidden, mask))
+            mask = _as_bool_mask(hidden, mask)
+            if self.shapes == "dynamic":
+                # maybe_: should a later torch specialise the length after all, it recompiles rather than fails
+                torch._dynamo.maybe_mark_dynamic(hidden, 1)
+                torch._dynamo.maybe_mark_dynamic(mask, 2)
+                torch._dynamo.maybe_mark_dynamic(mask, 3)
+            return self._compiled(hidden, mask)
 
 
 @torch.no_grad()
 def calibrated_int8_copy(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
-    sequence_multiple: int = STATIC_INT8_SEQUENCE_MULTIPLE,
+    sequence_multiple: int | None = None,
+    shapes: str = "dynamic",
 ) -> nn.Module:
     """A deep copy of an `ImageBertForRetrieval`-like model (eval, fp32, SDPA attention) whose encoder layers are
-    replaced by one `CalibratedInt8Layers`; activation ranges come from running `batches` (model-input dicts,
-    e.g. a sample of the gallery's pairs) through the fp32 copy; sequences are padded to `sequence_multiple`.
+    replaced by one `CalibratedInt8Layers` compiled with `shapes` ("dynamic" or "static", see `INT8_SHAPES`);
+    activation ranges come from running `batches` (model-input dicts, e.g. a sample of the gallery's pairs)
+    through the fp32 copy; sequences are padded to `sequence_multiple` (None: `default_sequence_multiple`).
     ValueError when torchao is missing or no batch is given."""
+    _check_shapes(shapes)
+    if sequence_multiple is None:
+        sequence_multiple = default_sequence_multiple(shapes)
     if sequence_multiple < 1:
         raise ValueError(f"int8-static: sequence_multiple must be >= 1, got {sequence_multiple}")
     prepare_pt2e, convert_pt2e, allow_train_eval, x86q = _pt2e()
@@ -158,5 +194,5 @@ def calibrated_int8_copy(
         prepared(hidden, mask)
     quantized = convert_pt2e(prepared)
     allow_train_eval(quantized)  # the scorer's eval_mode() calls .eval() on the whole copy
-    core.encoder.layer = nn.ModuleList([CalibratedInt8Layers(quantized)])
+    core.encoder.layer = nn.ModuleList([CalibratedInt8Layers(quantized, shapes=shapes)])
     return resident
