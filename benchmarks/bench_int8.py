@@ -254,7 +254,9 @@ def render(argv: list[str], sizes: Sizes, rates: dict, scoring: dict, demo: dict
     lines += scoring_settings_table(scoring)
     lines += [
         "",
-        "The timed rounds are steady state; the set-up column is each setting's construction plus its first call "
+        "The timed rounds are steady state, after one untimed round of every setting that follows all the "
+        "set-ups (a later int8-static copy's compile resets torch's compiled-code caches, so the copy set up "
+        "first compiles once more there; one scorer alone does not); the set-up column is each setting's construction plus its first call "
         "(int8-static calibrates on the gallery, exports, quantises, then compiles its layer stack on the first "
         "call, once per sequence shape with static shapes), which is what a short evaluation pays on top; its CPU time "
         "includes the C++ compiler's child processes.",

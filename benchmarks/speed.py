@@ -591,7 +591,10 @@ def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128,
                        target_spread: float = 0.05, time_setup: bool = False) -> dict[str, Any]:  # fmt: skip
     """Pairs/s through the scorer `imagebert evaluate` runs (`ModelPairScorer.score_pairs`), interleaved.
     `time_setup`: also record each setting's set-up, construction plus its first call (where a compiled setting
-    compiles), as `setup_cpu_s` / `setup_wall_s`; that first call is then the first warm-up round."""
+    compiles), as `setup_cpu_s` / `setup_wall_s`. The untimed warm-up rounds still follow all the set-ups: a
+    later setting's compile can reset torch's compiled-code caches (inductor's quantisation passes call
+    `torch._dynamo.reset`), and a setting set up before it then compiles once more, which no single-scorer run
+    pays and a timed round must not carry."""
     settings = settings or SCORER_SETTINGS
     build_times: dict[str, tuple[float, float]] = {}
     scorers, cap, img = build_scorers(sizes, settings, pairs=pairs, batch_size=batch_size,
@@ -609,7 +612,6 @@ def scoring_comparison(sizes: Sizes, *, pairs: int = 128, batch_size: int = 128,
         for name in scorers:
             cpu, wall, _ = timed(make(name), with_children=True)  # a compile's C++ compiler is a child
             setup[name] = (build_times[name][0] + cpu, build_times[name][1] + wall)
-        warmup = max(0, warmup - 1)
     series = run_interleaved({n: make(n) for n in scorers}, warmup=warmup, min_reps=min_reps, max_reps=max_reps,
                              target_spread=target_spread, log=lambda m: _log(f"scoring {m}"))  # fmt: skip
     first = next(iter(scorers))
