@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from imagebert.data.types import RegionRecord
+from imagebert.runtime.int8_static import INT8_SHAPES
 from imagebert.runtime.modes import eval_mode
 from imagebert.runtime.precision import autocast, resolve_precision  # one precision rule for all
 
@@ -181,13 +182,15 @@ class ModelPairScorer:
         `imagebert.runtime.quantize`); "int8-static" one whose layer stack is int8 with activation scales
         calibrated on `CALIBRATION_PAIRS` seeded pairs of the gallery and compiled (CPU, torchao:
         `imagebert.runtime.int8_static`; `int8_shapes` "dynamic" compiles one graph for every sequence length,
-        "static" one per length, padded to `int8_sequence_multiple`, None = 4 static, 1 dynamic). The copies are snapshots taken here (call `refresh_weights()` after the
-        model changes). `compile`: "off",
-        "on" or "auto" (on for CUDA), see `imagebert.runtime.compile`; compiled batches are padded to bucketed
-        shapes so they do not recompile per batch. `sort_pairs` False keeps the caller's order (for measuring
-        what length bucketing buys). `on_batch(n)` is called after each forward with its number of pairs."""
+        "static" one per length, padded to `int8_sequence_multiple`, None = 4 static, 1 dynamic). The copies are
+        snapshots taken here (call `refresh_weights()` after the model changes). `compile`: "off", "on" or "auto"
+        (on for CUDA), see `imagebert.runtime.compile`; compiled batches are padded to bucketed shapes so they do
+        not recompile per batch. `sort_pairs` False keeps the caller's order (for measuring what length bucketing
+        buys). `on_batch(n)` is called after each forward with its number of pairs."""
         if weights not in SCORING_WEIGHTS:
             raise ValueError(f"weights must be one of {SCORING_WEIGHTS}, got {weights!r}")
+        if int8_shapes not in INT8_SHAPES:  # checked here, before minutes of calibration and export
+            raise ValueError(f"int8-static: int8_shapes must be one of {INT8_SHAPES}, got {int8_shapes!r}")
         self.model = model
         self.collator = collator
         self.gallery = gallery
