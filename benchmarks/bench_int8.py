@@ -154,7 +154,6 @@ def demo_evaluation(args: argparse.Namespace) -> dict[str, Any] | None:
         gallery_from_dataset,
         load_retrieval_model,
     )
-    from imagebert.runtime.precision import resolve_precision
     from imagebert.runtime.quantize import quantized_engine
 
     if not (Path(args.checkpoint) / "config.json").is_file():
@@ -197,10 +196,18 @@ def demo_evaluation(args: argparse.Namespace) -> dict[str, Any] | None:
     for r in rows.values():
         ratios = [a / b for a, b in zip(base, r["cpu"], strict=True)]
         r["speedup"] = {"median": statistics.median(ratios), "spread": spread(ratios)}
-    dtype = resolve_precision("auto", torch.device("cpu"))
     return {"checkpoint": str(args.checkpoint), "split": args.split, "captions": gallery.num_captions,
-            "images": gallery.num_images, "auto_precision": "fp32" if dtype is None else str(dtype).split(".")[-1],
+            "images": gallery.num_images, "auto_precision": scoring_auto_precision(),
             "rows": rows}  # fmt: skip
+
+
+def scoring_auto_precision() -> str:
+    """What precision `auto` means for scoring on this CPU: "bfloat16" (autocast) where oneDNN has bf16 kernels,
+    else "fp32"."""
+    from imagebert.runtime.precision import resolve_precision
+
+    dtype = resolve_precision("auto", torch.device("cpu"))
+    return "fp32" if dtype is None else str(dtype).split(".")[-1]
 
 
 def render(argv: list[str], sizes: Sizes, rates: dict, scoring: dict, demo: dict | None, args: Any) -> str:
@@ -249,6 +256,9 @@ def render(argv: list[str], sizes: Sizes, rates: dict, scoring: dict, demo: dict
         f"## B. Pairs/s through `ModelPairScorer`, {sizes.layers} layers x {sizes.hidden} hidden, "
         f"{sizes.regions} regions of {sizes.feature_dim}-d, {sizes.words} words; {scoring['pairs']} pairs, batch "
         f"{scoring['batch_size']}",
+        "",
+        f"`defaults` is the scorer as `imagebert evaluate` builds it: precision `auto`, which is "
+        f"{scoring_auto_precision()} on this CPU (autocast where it is not fp32); the int8 settings run fp32 around their int8 products.",
         "",
     ]
     lines += scoring_settings_table(scoring)

@@ -34,11 +34,12 @@ def one_thread(allocator: str = "tuned") -> None:
     torch.set_num_threads(1)
 
 
-def cpu_model() -> str:
-    """The CPU's model name, family and model numbers from /proc/cpuinfo (what decides the bf16 kernels)."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, family and model numbers from /proc/cpuinfo, and its AMX units where it has them
+    (what decides the bf16 and int8 kernels)."""
     fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 fields.setdefault(key.strip(), value.strip())
@@ -46,7 +47,13 @@ def cpu_model() -> str:
                     break  # the first processor's block is enough
     except OSError:
         return platform.processor() or platform.machine()
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    flags = set(fields.get("flags", "").split())
+    units = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("amx_int8", "AMX-INT8")) if flag in flags]
+    extra = f", {' + '.join(units)}" if units else ""
+    return (
+        f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}"
+        f"{extra})"
+    )
 
 
 def machine_line(allocator: str | None = None) -> str:

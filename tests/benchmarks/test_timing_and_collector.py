@@ -79,3 +79,16 @@ def test_machine_line_names_the_cpu_and_its_capability():
     assert torch.backends.cpu.get_cpu_capability() in line
     if Path("/proc/cpuinfo").is_file():
         assert "family" in cpu_model() and "?" not in cpu_model().split("(")[0]
+
+
+def test_cpu_model_names_the_amx_units_only_where_the_flags_have_them(tmp_path):
+    """bf16 and int8 speeds depend on AMX, which the model name does not say: the flags decide what is printed."""
+    from benchmarks.timing import cpu_model
+
+    block = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Xeon\n"
+    amx = tmp_path / "amx"
+    amx.write_text(block + "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\n")
+    avx2 = tmp_path / "avx2"
+    avx2.write_text(block + "flags\t\t: fpu avx2 fma\n\n")
+    assert cpu_model(str(amx)) == "Xeon (family 6, model 143, AMX-BF16 + AMX-INT8)"
+    assert cpu_model(str(avx2)) == "Xeon (family 6, model 143)"

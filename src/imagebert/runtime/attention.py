@@ -2,12 +2,15 @@
 
 transformers' BERT layers offer "sdpa" (`torch.nn.functional.scaled_dot_product_attention`) and "eager" (two
 batched matmuls around a softmax, which autocast runs in fp32). On CUDA SDPA's fused kernels are the standard
-choice. On a CPU in bf16, SDPA's flash kernel is slow on BERT's 64-wide heads: on the 2-core development VM the
-eager kernel made the BERT-base training step faster (benchmarks/results/levers.md measures it against SDPA and
-against VisualBERT), while in fp32 it was not. Hence "auto": eager on a CPU in bf16, SDPA everywhere else. It
+choice. On a CPU in bf16 training, SDPA's fused CPU kernel takes no dropout, so a training step (attention
+dropout 0.1) runs SDPA's math fallback, which upcasts the bf16 queries, keys and values to fp32 and does both
+attention products in fp32 (seen in a dispatch log of the BERT-base step, 2026-12-08), while eager attention
+keeps the products in bf16: on the 2-core development VM the eager kernel made the BERT-base bf16 training step
+about 12% faster and level with VisualBERT, whose attention is the eager kind (benchmarks/results/levers.md,
+docs/performance.md); in fp32 it was not faster. Hence "auto": eager on a CPU in bf16, SDPA everywhere else. It
 is not the default for training or evaluation (docs/performance.md: the demo A/B). The two differ at bf16
-rounding only: eager rounds the attention probabilities to bf16 before multiplying them with the values, SDPA's
-flash kernel keeps them in fp32.
+rounding only: eager rounds the attention probabilities to bf16 before multiplying them with the values, SDPA
+keeps them in fp32.
 """
 
 from __future__ import annotations
